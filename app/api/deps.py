@@ -1,0 +1,102 @@
+"""Dependencies: the app's collaborators, request bodies and API-key checks."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from app.inference.service import InferenceService
+from app.metrics import Metrics
+from app.registry.registry import ModelRegistry
+from app.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+def get_service(request: Request) -> InferenceService:
+    service: InferenceService = request.app.state.service
+    return service
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ServiceDep = Annotated[InferenceService, Depends(get_service)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest("Content-Length is not an integer") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def presented_key(request: Request) -> str | None:
+    """The API key in ``Authorization: Bearer`` or ``X-API-Key``, if any."""
+    auth = request.headers.get("authorization")
+    if auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key")
+
+
+def _check_key(request: Request, expected: str, what: str) -> None:
+    given = presented_key(request)
+    if given is None:
+        raise Unauthorized(f"{what} needs an API key (Authorization: Bearer or X-API-Key)")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("the API key is not valid")
+
+
+def require_management(request: Request) -> None:
+    """Allow management calls only with the management key (or when opened explicitly)."""
+    settings = get_settings(request)
+    if settings.management_api_key is None:
+        if settings.allow_open_management:
+            return
+        raise Forbidden(
+            "management endpoints are disabled: set ONNX_SERVE_MANAGEMENT_API_KEY "
+            "(or ONNX_SERVE_ALLOW_OPEN_MANAGEMENT=true) to enable them"
+        )
+    _check_key(request, settings.management_api_key.get_secret_value(), "this endpoint")
+
+
+def require_inference(request: Request) -> None:
+    """Check the inference key when one is configured."""
+    key = get_settings(request).inference_api_key
+    if key is not None:
+        _check_key(request, key.get_secret_value(), "inference")
+
+
+Management = Depends(require_management)
+Inference = Depends(require_inference)

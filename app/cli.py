@@ -1,0 +1,79 @@
+"""Command line: ``onnx-serve serve`` starts the server, ``onnx-serve check`` vets a model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from app.settings import Settings
+
+# Flags of `serve` and the settings they set (through the environment, so that every worker
+# process of a multi-worker server reads the same values).
+SERVE_FLAGS = {
+    "models": "model_repository",
+    "host": "host",
+    "port": "port",
+    "workers": "workers",
+    "log_level": "log_level",
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    for flag, field in SERVE_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            os.environ[f"ONNX_SERVE_{field.upper()}"] = str(value)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="onnx-serve-metrics-")
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        # Files from an earlier run would be summed into this one's counters.
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnx-serve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the HTTP server")
+    serve.add_argument("--models", help="model repository directory (default: models)")
+    serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: 1)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Inference: validation against a model's signature, batching, image preprocessing."""

@@ -1,0 +1,115 @@
+"""The data plane: look a model up, validate a request against it, run it, count it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from app.errors import BadRequest, InferenceFailed, ServingError
+from app.metrics import Metrics, RequestObservation
+from app.protocol.v2 import RequestLimits
+from app.registry.model import ModelVersion
+from app.registry.registry import ModelRegistry
+
+Tensors = dict[str, np.ndarray]
+
+# onnxruntime's error classes for bad inputs (as opposed to faults of the model or runtime).
+_ORT_CLIENT_ERRORS = {"InvalidArgument", "InvalidGraph", "NotImplemented"}
+
+
+def validate_inputs(model: ModelVersion, inputs: Tensors) -> int:
+    """Check names, dtypes and shapes against the model; return the batch size (rows)."""
+    for name in inputs:
+        if model.input(name) is None:
+            expected = ", ".join(s.name for s in model.inputs)
+            raise BadRequest(f"model '{model.name}' has no input '{name}' (inputs: {expected})")
+    rows: int | None = None
+    for spec in model.inputs:
+        array = inputs.get(spec.name)
+        if array is None:
+            raise BadRequest(f"input '{spec.name}' is missing")
+        if array.dtype != spec.dtype:
+            got = "BYTES" if array.dtype.kind in "OUS" else str(array.dtype)
+            raise BadRequest(f"input '{spec.name}' must be {spec.datatype}, got {got}")
+        if array.ndim != len(spec.shape) or any(
+            want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
+        ):
+            raise BadRequest(
+                f"input '{spec.name}' has shape {list(array.shape)}, the model expects "
+                f"{list(spec.shape)} (-1 is any size)"
+            )
+        if model.batched:
+            if rows is None:
+                rows = array.shape[0]
+            elif array.shape[0] != rows:
+                raise BadRequest("all inputs must have the same batch size (first dimension)")
+    if rows is None:
+        return 1
+    if rows > model.max_batch_size:
+        raise BadRequest(
+            f"batch of {rows} is over the model's max_batch_size {model.max_batch_size}"
+        )
+    return rows
+
+
+def output_names(model: ModelVersion, requested: list[str] | None) -> list[str]:
+    """The outputs to compute: those requested (checked) or all of them."""
+    if requested is None:
+        return model.output_names()
+    known = set(model.output_names())
+    for name in requested:
+        if name not in known:
+            raise BadRequest(
+                f"model '{model.name}' has no output '{name}' "
+                f"(outputs: {', '.join(model.output_names())})"
+            )
+    return list(dict.fromkeys(requested))
+
+
+def runtime_error(exc: Exception) -> ServingError:
+    """Classify an onnxruntime exception as the client's mistake or a server fault."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if type(exc).__name__ in _ORT_CLIENT_ERRORS:
+        return BadRequest(f"onnxruntime rejected the input: {message}")
+    return InferenceFailed(f"inference failed: {message}")
+
+
+class InferenceService:
+    """Runs validated requests on the registry's models and reports them to metrics."""
+
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, limits: RequestLimits) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.limits = limits
+
+    @contextmanager
+    def request(
+        self, name: str, version: str | None
+    ) -> Iterator[tuple[ModelVersion, RequestObservation]]:
+        """Look the model up, then time and count everything done inside the block."""
+        model = self.registry.get(name, version)
+        with self.metrics.request(model.name, str(model.version)) as observation:
+            yield model, observation
+
+    async def run(
+        self,
+        model: ModelVersion,
+        observation: RequestObservation,
+        inputs: Tensors,
+        outputs: list[str] | None = None,
+    ) -> Tensors:
+        """Validate ``inputs`` and run them; returns the requested outputs by name."""
+        rows = validate_inputs(model, inputs)
+        names = output_names(model, outputs)
+        try:
+            results, queued, computed = await model.pool.run(inputs, names)
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise runtime_error(exc) from None
+        observation.queued(queued)
+        observation.computed(computed)
+        self.metrics.executed(model.name, str(model.version), rows, computed)
+        return dict(zip(names, results, strict=True))

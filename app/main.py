@@ -1,0 +1,104 @@
+"""Application factory: wires settings, metrics, repository, registry and routes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app import __version__
+from app.api import errors
+from app.api.routes import health, predict, repository, v1, v2
+from app.api.routes import metrics as metrics_routes
+from app.inference.service import InferenceService
+from app.metrics import Metrics, multiprocess_dir
+from app.protocol.schemas import component_schemas
+from app.protocol.v2 import RequestLimits
+from app.registry.registry import ModelRegistry
+from app.registry.repository import ModelRepository
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Serves ONNX models over the Open Inference Protocol v2 (Triton-compatible), KServe v1 "
+    "and a simple `/predict` API, with Prometheus metrics at `/metrics`."
+)
+
+
+def limits_from(settings: Settings) -> RequestLimits:
+    return RequestLimits(
+        max_request_bytes=settings.max_request_bytes,
+        max_elements=settings.max_tensor_elements,
+        max_depth=settings.max_json_depth,
+        max_inputs=settings.max_inputs,
+        max_bytes_element=settings.max_bytes_element,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    registry: ModelRegistry = app.state.registry
+    if settings.management_api_key is None and settings.allow_open_management:
+        log.warning("management endpoints are open to anyone: no API key is configured")
+    registry.repository.clean_staging()
+    await registry.load_all()
+    app.state.ready = True
+    try:
+        yield
+    finally:
+        app.state.shutting_down = True
+        await registry.close()
+        if multiprocess_dir() is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+    """Build a fresh app; models load when its lifespan starts."""
+    metrics = metrics if metrics is not None else Metrics()
+    repo = ModelRepository(settings.model_repository)
+    registry = ModelRegistry(repo, settings, metrics)
+    service = InferenceService(registry, metrics, limits_from(settings))
+
+    app = FastAPI(
+        title="onnx-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.state.service = service
+    app.state.ready = False
+    app.state.shutting_down = False
+    errors.install(app)
+    for module in (health, v2, repository, v1, predict, metrics_routes):
+        app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                component_schemas()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn (``--factory``): settings from the environment."""
+    return create_app(Settings())

@@ -1,0 +1,158 @@
+"""Pydantic models of the v2, v1 and /predict bodies, used to document the OpenAPI schema.
+
+Hot paths decode bodies with orjson and the tensor codecs, not with these models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What was wrong and why.")
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: Datatype
+    shape: list[int] = Field(description="-1 marks a dynamic dimension.")
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    providers: list[str] = Field(default_factory=list, description="Providers in use.")
+    provider_fallback: list[str] = Field(
+        default_factory=list, description="Requested providers this machine could not give."
+    )
+    max_batch_size: int = 0
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_size: bytes of this tensor after the JSON header."
+    )
+    data: Any = Field(None, description="Row-major values, flat or nested.")
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: bool")
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_output: bool; timeout: queue timeout in microseconds."
+    )
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+class RepositoryEntry(BaseModel):
+    name: str
+    version: str
+    state: Literal["READY", "LOADING", "UNAVAILABLE", "UNLOADED"]
+    reason: str
+
+
+class PredictRequest(BaseModel):
+    model: str
+    version: str | None = None
+    inputs: dict[str, Any] | list[Any] = Field(
+        description="{input_name: nested list}, or a nested list for a single-input model."
+    )
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    outputs: dict[str, Any]
+
+
+class V1PredictRequest(BaseModel):
+    instances: list[Any]
+
+
+class V1PredictResponse(BaseModel):
+    predictions: list[Any]
+
+
+V2_INFER_EXAMPLE: dict[str, Any] = {
+    "id": "42",
+    "inputs": [
+        {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64},
+    ],
+    "outputs": [{"name": "logits"}],
+}
+PREDICT_EXAMPLE: dict[str, Any] = {"model": "digits", "inputs": [[0.0] * 64]}
+V1_EXAMPLE: dict[str, Any] = {"instances": [[0.0] * 64]}
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    InferenceRequest,
+    PredictRequest,
+    V1PredictRequest,
+)
+
+
+def request_body(
+    model: type[BaseModel], example: dict[str, Any], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body that the route reads raw.
+
+    ``extra`` adds further media types (binary tensors, images) to the body's content.
+    """
+    content: dict[str, Any] = {
+        "application/json": {
+            "schema": {"$ref": f"#/components/schemas/{model.__name__}"},
+            "example": example,
+        }
+    }
+    content.update(extra or {})
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def component_schemas() -> dict[str, Any]:
+    """JSON schemas of the request models, for the OpenAPI ``components`` section."""
+    _, top = models_json_schema(
+        [(m, "validation") for m in REQUEST_MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    defs: dict[str, Any] = top.get("$defs", {})
+    return defs

@@ -1,0 +1,141 @@
+"""JSON tensor codec: v2 ``data`` lists (flat or nested, row-major) to and from numpy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from app.errors import BadRequest
+
+_INT_KINDS = ("i", "u")
+_ACCEPTED_KINDS: dict[str, tuple[str, ...]] = {
+    "b": ("b",),
+    "i": _INT_KINDS,
+    "u": _INT_KINDS,
+    "f": ("f", "i", "u"),
+}
+
+
+def parse_shape(value: Any, name: str, max_elements: int) -> tuple[int, ...]:
+    """Validate a v2 ``shape`` field: a list of non-negative integers within the limit."""
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in value
+    ):
+        raise BadRequest(f"input '{name}': shape must be a list of integers, got {value!r}")
+    if any(d < 0 for d in value):
+        raise BadRequest(f"input '{name}': shape {value} has a negative dimension")
+    count = 1
+    for d in value:
+        count *= d
+    if count > max_elements:
+        raise BadRequest(
+            f"input '{name}': shape {value} has {count} elements, over the limit {max_elements}"
+        )
+    return tuple(value)
+
+
+def _depth(data: Any, limit: int) -> int:
+    depth = 0
+    while isinstance(data, list):
+        depth += 1
+        if depth > limit:
+            break
+        if not data:
+            break
+        data = data[0]
+    return depth
+
+
+def decode_json_tensor(
+    data: Any,
+    dtype: np.dtype[np.generic],
+    shape: tuple[int, ...] | None,
+    name: str,
+    max_depth: int = 64,
+    max_element: int = 16 * 1024 * 1024,
+) -> np.ndarray:
+    """Build an array of ``dtype`` from JSON ``data``, checking every rule.
+
+    With ``shape`` the data may be flat or nested (v2); without, the nesting is the shape.
+    """
+    if shape is not None and not isinstance(data, list):
+        data = [data]
+    if _depth(data, max_depth) > max_depth:
+        raise BadRequest(f"input '{name}': data is nested deeper than {max_depth} levels")
+    try:
+        raw = np.array(data, dtype=np.object_ if dtype.kind == "O" else None)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"input '{name}': data is not a regular array: {exc}") from None
+    if shape is None:
+        shape = raw.shape
+    if dtype.kind == "O":
+        return _decode_bytes(data, shape, name, max_element)
+    if raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        got = "strings" if raw.dtype.kind in ("U", "S") else f"values of kind {raw.dtype.name}"
+        if raw.dtype.kind == "O":
+            got = "mixed or ragged values"
+        raise BadRequest(f"input '{name}': expected {dtype.name} data, got {got}")
+    if raw.size and dtype.kind in _INT_KINDS:
+        info = np.iinfo(dtype)  # type: ignore[type-var]
+        if raw.min() < info.min or raw.max() > info.max:
+            raise BadRequest(f"input '{name}': values out of range for {dtype.name}")
+    expected = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if raw.size != expected:
+        raise BadRequest(
+            f"input '{name}': data has {raw.size} elements but shape {list(shape)} needs {expected}"
+        )
+    return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def _decode_bytes(
+    data: list[Any], shape: tuple[int, ...], name: str, max_element: int
+) -> np.ndarray:
+    flat: list[Any] = []
+    stack: list[Any] = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            encoded = item.encode("utf-8")
+            if len(encoded) > max_element:
+                raise BadRequest(f"input '{name}': a BYTES element is over {max_element} bytes")
+            flat.append(encoded)
+        else:
+            raise BadRequest(f"input '{name}': BYTES data must be strings, got {item!r:.40}")
+    expected = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(flat) != expected:
+        raise BadRequest(
+            f"input '{name}': data has {len(flat)} elements but shape {list(shape)} needs "
+            f"{expected}"
+        )
+    out = np.empty(len(flat), dtype=np.object_)
+    out[:] = flat
+    return out.reshape(shape)
+
+
+def json_data(array: np.ndarray) -> Any:
+    """The flat row-major ``data`` of an output, as orjson serialises it (numpy kept)."""
+    if array.dtype.kind in ("O", "U", "S"):
+        return [_text(item) for item in array.ravel()]
+    if array.dtype == np.float16:
+        # orjson does not serialise float16; widen without changing any value.
+        return np.ascontiguousarray(array, dtype=np.float32).ravel()
+    return np.ascontiguousarray(array).ravel()
+
+
+def _text(item: Any) -> str:
+    if isinstance(item, bytes):
+        return item.decode("utf-8", errors="replace")
+    return str(item)
+
+
+def jsonable(array: np.ndarray) -> Any:
+    """A shaped array as orjson can write it: numeric arrays as they are, text as lists."""
+    if array.dtype.kind in ("O", "U", "S"):
+        flat = [_text(item) for item in array.ravel()]
+        return np.array(flat, dtype=np.object_).reshape(array.shape).tolist()
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return np.ascontiguousarray(array)

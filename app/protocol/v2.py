@@ -1,0 +1,172 @@
+"""Open Inference Protocol v2 inference requests and responses, JSON and binary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.errors import BadRequest
+from app.protocol import binary
+from app.protocol.datatypes import numpy_dtype, v2_datatype
+from app.protocol.tensors import decode_json_tensor, json_data, parse_shape
+
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds every decoded request must respect."""
+
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_elements: int = 64 * 1024 * 1024
+    max_depth: int = 64
+    max_inputs: int = 64
+    max_bytes_element: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded inference request: named arrays plus what the client wants back."""
+
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    binary_outputs: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def loads_object(raw: bytes | memoryview, what: str = "request body") -> dict[str, Any]:
+    """Parse JSON that must be an object, as a 400 on any failure."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where}: parameters must be an object")
+    return value
+
+
+def parse_infer_request(
+    body: bytes, header_length: int | None, limits: RequestLimits
+) -> InferRequest:
+    """Decode a v2 infer body (JSON, or JSON header plus binary tensors)."""
+    header, rest = binary.split_body(body, header_length)
+    doc = loads_object(header, "inference request")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest("id must be a string")
+    params = _parameters(doc.get("parameters"), "request")
+    inputs_doc = doc.get("inputs")
+    if not isinstance(inputs_doc, list) or not inputs_doc:
+        raise BadRequest("inputs must be a non-empty list of tensors")
+    if len(inputs_doc) > limits.max_inputs:
+        raise BadRequest(f"{len(inputs_doc)} inputs is over the limit of {limits.max_inputs}")
+
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    total = 0
+    for item in inputs_doc:
+        if not isinstance(item, dict):
+            raise BadRequest("each input must be an object")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("each input needs a string 'name'")
+        if name in inputs:
+            raise BadRequest(f"input '{name}' appears twice")
+        datatype = item.get("datatype")
+        dtype = numpy_dtype(datatype) if isinstance(datatype, str) else None
+        if dtype is None:
+            raise BadRequest(f"input '{name}': unknown datatype {datatype!r}")
+        shape = parse_shape(item.get("shape"), name, limits.max_elements)
+        total += int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if total > limits.max_elements:
+            raise BadRequest(f"request has more than {limits.max_elements} tensor elements")
+        size = _parameters(item.get("parameters"), f"input '{name}'").get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadRequest(f"input '{name}': binary_data_size must be a non-negative int")
+            if offset + size > len(rest):
+                raise BadRequest(
+                    f"input '{name}': binary_data_size {size} runs past the end of the body"
+                )
+            chunk = rest[offset : offset + size]
+            offset += size
+            inputs[name] = binary.decode_tensor(chunk, dtype, shape, limits.max_bytes_element)
+        elif "data" in item:
+            inputs[name] = decode_json_tensor(
+                item["data"], dtype, shape, name, limits.max_depth, limits.max_bytes_element
+            )
+        else:
+            raise BadRequest(f"input '{name}' has neither data nor binary_data_size")
+    if offset != len(rest):
+        raise BadRequest(f"{len(rest) - offset} bytes of binary data belong to no input")
+
+    binary_default = bool(params.get("binary_data_output", False))
+    outputs: list[RequestedOutput] | None = None
+    outputs_doc = doc.get("outputs")
+    if outputs_doc is not None:
+        if not isinstance(outputs_doc, list):
+            raise BadRequest("outputs must be a list")
+        outputs = []
+        for item in outputs_doc:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise BadRequest("each requested output needs a string 'name'")
+            out_params = _parameters(item.get("parameters"), f"output '{item['name']}'")
+            outputs.append(
+                RequestedOutput(item["name"], bool(out_params.get("binary_data", binary_default)))
+            )
+    return InferRequest(inputs, request_id, outputs, binary_default, params)
+
+
+def encode_infer_response(
+    model: str,
+    version: str,
+    results: dict[str, np.ndarray],
+    request: InferRequest,
+) -> tuple[bytes, int | None]:
+    """Encode results as a v2 response; returns the body and the JSON header length when
+    any output is binary (``None`` for a plain JSON body)."""
+    if request.outputs is None:
+        wanted = [RequestedOutput(name, request.binary_outputs) for name in results]
+    else:
+        wanted = request.outputs
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for out in wanted:
+        array = results[out.name]
+        entry: dict[str, Any] = {
+            "name": out.name,
+            "datatype": v2_datatype(array.dtype) or array.dtype.name,
+            "shape": list(array.shape),
+        }
+        if out.binary:
+            blob = binary.encode_tensor(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = json_data(array)
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
+    if request.id is not None:
+        doc["id"] = request.id
+    header = orjson.dumps(doc, option=JSON_OPTIONS)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)

@@ -1,0 +1,1 @@
+"""Model repository (files on disk) and registry (live, pooled sessions)."""

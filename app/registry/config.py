@@ -1,0 +1,125 @@
+"""``config.json`` of a model: every key optional, unknown keys refused by name."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InstancesConfig(_Strict):
+    """How many sessions serve a version, and on what."""
+
+    count: int = Field(1, ge=1, le=64, description="Sessions in the pool.")
+    kind: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="'gpu' requires an accelerator; 'cpu' never uses one."
+    )
+    gpus: list[int] = Field(
+        default_factory=list, description="GPU ids the instances are spread over (round robin)."
+    )
+
+
+class ProviderSpec(_Strict):
+    """One execution provider and its options, e.g. CUDAExecutionProvider with device_id."""
+
+    name: str
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class SessionConfig(_Strict):
+    """onnxruntime SessionOptions."""
+
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="Threads per session; default: CPU quota / instance count."
+    )
+    inter_op_threads: int | None = Field(None, ge=1)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    enable_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    allow_spinning: bool = Field(
+        False,
+        description="Let idle intra-op threads spin; off by default because they would take "
+        "CPU from the event loop and other models between requests.",
+    )
+
+
+class DynamicBatchingConfig(_Strict):
+    """Merge concurrent requests into one session run."""
+
+    enabled: bool = True
+    max_queue_delay_us: int = Field(
+        0, ge=0, description="Longest a request waits for others while all instances are busy."
+    )
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    max_queue_size: int = Field(1024, ge=1, description="Queued requests before 503.")
+    timeout_us: int = Field(0, ge=0, description="Queue timeout (504); 0 uses the server's.")
+
+
+class WarmupConfig(_Strict):
+    """Inference on zeros before a version is marked ready."""
+
+    enabled: bool = True
+    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+
+
+class VersionPolicy(_Strict):
+    """Which versions on disk are served (Triton's latest / all / specific)."""
+
+    policy: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = Field(1, ge=1)
+    versions: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> VersionPolicy:
+        if self.policy == "specific" and not self.versions:
+            raise ValueError("policy 'specific' needs a non-empty 'versions' list")
+        if any(v < 1 for v in self.versions):
+            raise ValueError("versions must be positive integers")
+        return self
+
+
+class PreprocessConfig(_Strict):
+    """How an image becomes the model's input tensor (see docs/configuration.md)."""
+
+    input: str | None = Field(None, description="Input the image feeds; default: the first.")
+    color: Literal["L", "RGB", "BGR"] | None = None
+    resize: Literal["stretch", "shorter_side_crop"] = "stretch"
+    size: tuple[int, int] | None = Field(None, description="[height, width]; default: graph.")
+    layout: Literal["NCHW", "NHWC"] | None = None
+    dtype: Literal["float32", "float16", "float64", "uint8", "int8"] | None = None
+    scale: float | None = Field(None, description="Multiply pixel values (0..255) by this.")
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    invert: bool = Field(False, description="Use 255 - pixel (light digit on dark).")
+
+
+class PostprocessConfig(_Strict):
+    """Classification outputs: softmax and top-k with labels."""
+
+    output: str | None = Field(None, description="Output holding class scores; default: first.")
+    softmax: bool = False
+    top_k: int = Field(5, ge=1)
+
+
+class ModelConfig(_Strict):
+    """Everything a model may configure; what is absent is inferred from its graph."""
+
+    max_batch_size: int | None = Field(
+        None, ge=0, description="Largest batch; 0 means the model has no batch dimension."
+    )
+    instances: InstancesConfig = Field(default_factory=InstancesConfig)
+    providers: Literal["auto", "cpu"] | list[ProviderSpec | str] | None = Field(
+        None, description="'auto', 'cpu', or an ordered list; default: the server's."
+    )
+    require_accelerator: bool | None = None
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    dynamic_batching: DynamicBatchingConfig | None = None
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    preprocess: PreprocessConfig | None = None
+    postprocess: PostprocessConfig | None = None

@@ -1,0 +1,217 @@
+"""A loaded model version: its signature, providers and pool of sessions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.errors import InvalidModel
+from app.protocol.datatypes import ORT_TO_V2, V2_TO_NUMPY
+from app.registry import providers as prov
+from app.registry.config import ModelConfig, SessionConfig
+from app.registry.session_pool import SessionPool
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 64
+PLATFORM = "onnxruntime_onnx"
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A graph input or output: v2 datatype and shape, -1 for dynamic dimensions."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype[np.generic]:
+        return V2_TO_NUMPY[self.datatype]
+
+    def metadata(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass
+class ModelVersion:
+    """One live version of a model; immutable once ready except for its pool's state."""
+
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int
+    providers_requested: list[str]
+    providers: list[str]
+    fallback: list[str]
+    pool: SessionPool
+    labels: list[str] | None = None
+    load_seconds: float = 0.0
+    warmup_seconds: float = 0.0
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the graph (the first one onnxruntime kept)."""
+        return self.providers[0]
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    def input(self, name: str) -> TensorSpec | None:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.outputs]
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    datatype = ORT_TO_V2.get(arg.type)
+    if datatype is None:
+        raise InvalidModel(f"tensor '{arg.name}' has unsupported type {arg.type}")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def infer_max_batch_size(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> int:
+    """A dynamic first dimension on every input and output means a batch dimension."""
+    tensors = inputs + outputs
+    if tensors and all(t.shape and t.shape[0] == -1 for t in tensors):
+        return DEFAULT_MAX_BATCH
+    return 0
+
+
+def session_options(config: SessionConfig, threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads or threads
+    options.inter_op_num_threads = config.inter_op_threads or 1
+    options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization_level]
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL
+        if config.execution_mode == "parallel"
+        else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    options.enable_cpu_mem_arena = config.enable_mem_arena
+    options.enable_mem_pattern = config.enable_mem_pattern
+    options.log_severity_level = 3
+    if not config.allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def warmup_feeds(inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:
+    """Zeros for every input, dynamic dimensions set to ``batch`` (first) or 1."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        shape = tuple((batch if i == 0 else 1) if d == -1 else d for i, d in enumerate(spec.shape))
+        if spec.datatype == "BYTES":
+            feeds[spec.name] = np.full(shape, "", dtype=np.object_)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feeds
+
+
+def load_version(
+    name: str,
+    version: int,
+    path: Path,
+    config: ModelConfig,
+    *,
+    default_providers: str,
+    require_accelerator: bool,
+    cpu_quota: int,
+    labels: list[str] | None = None,
+) -> ModelVersion:
+    """Create the pool of sessions for one version, check providers, warm up (blocking)."""
+    start = time.perf_counter()
+    instances = config.instances
+    threads = max(1, cpu_quota // instances.count)
+    usable = prov.usable_providers()
+    spec = config.providers if config.providers is not None else default_providers
+    must_accelerate = (
+        config.require_accelerator
+        if config.require_accelerator is not None
+        else require_accelerator
+    )
+    sessions: list[ort.InferenceSession] = []
+    requested: list[str] = []
+    missing: list[str] = []
+    for i in range(instances.count):
+        device = instances.gpus[i % len(instances.gpus)] if instances.gpus else None
+        choice, missing = prov.resolve(spec, instances, device, usable)
+        requested = choice.names
+        try:
+            session = ort.InferenceSession(
+                str(path),
+                sess_options=session_options(config.session, threads),
+                providers=list(zip(choice.names, choice.options, strict=True)),
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            raise InvalidModel(f"onnxruntime could not load the model: {exc}") from None
+        sessions.append(session)
+    actual = list(sessions[0].get_providers())
+    fallback = list(dict.fromkeys(missing + [p for p in requested if p not in actual]))
+    if fallback:
+        message = (
+            f"model {name} v{version}: asked for {', '.join(fallback)} but runs on {actual[0]}"
+        )
+        if must_accelerate:
+            raise InvalidModel(message + " and require_accelerator is set")
+        log.warning(message)
+    inputs = [_spec(a) for a in sessions[0].get_inputs()]
+    outputs = [_spec(a) for a in sessions[0].get_outputs()]
+    inferred = infer_max_batch_size(inputs, outputs)
+    max_batch = config.max_batch_size if config.max_batch_size is not None else inferred
+    if max_batch > 0 and inferred == 0:
+        raise InvalidModel(
+            f"max_batch_size is {max_batch} but not every input and output has a dynamic "
+            "first dimension"
+        )
+    pool = SessionPool(sessions, f"ort-{name}-{version}")
+    model = ModelVersion(
+        name=name,
+        version=version,
+        path=path,
+        config=config,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=max_batch,
+        providers_requested=requested,
+        providers=actual,
+        fallback=fallback,
+        pool=pool,
+        labels=labels,
+    )
+    warm = time.perf_counter()
+    if config.warmup.enabled:
+        sizes = config.warmup.batch_sizes if max_batch > 0 else [1]
+        try:
+            for batch in sizes:
+                feeds = warmup_feeds(inputs, min(batch, max_batch) if max_batch else 1)
+                for session in sessions:
+                    session.run(None, feeds)
+        except Exception as exc:
+            pool.retire(0)
+            raise InvalidModel(f"warm-up inference failed: {exc}") from None
+    model.warmup_seconds = time.perf_counter() - warm
+    model.load_seconds = time.perf_counter() - start
+    return model

@@ -1,0 +1,239 @@
+"""The registry of live models: loads, swaps and retires pooled versions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NoReturn
+
+from app.errors import ModelNotFound, ModelNotReady, ServingError
+from app.metrics import Metrics
+from app.registry.model import ModelVersion, load_version
+from app.registry.providers import cpu_quota
+from app.registry.repository import ModelRepository, parse_version, validate_name
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(StrEnum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADED = "UNLOADED"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    """What the repository index reports for one model version."""
+
+    name: str
+    version: str
+    state: ModelState
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "state": self.state.value,
+            "reason": self.reason,
+        }
+
+
+class ModelRegistry:
+    """Live model versions by name; a load builds new pools before retiring old ones."""
+
+    def __init__(self, repository: ModelRepository, settings: Settings, metrics: Metrics) -> None:
+        self.repository = repository
+        self._settings = settings
+        self._metrics = metrics
+        self._cpu_quota = settings.cpu_quota or cpu_quota()
+        self._live: dict[str, dict[int, ModelVersion]] = {}
+        self._status: dict[str, dict[str, VersionStatus]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ---- lookups (on the event loop, no awaits) -------------------------------------------
+
+    def get(self, name: str, version: str | int | None = None) -> ModelVersion:
+        """The live version asked for, or the newest live one; 404 or 503 otherwise."""
+        versions = self._live.get(name)
+        if not versions:
+            self._raise_missing(name, version)
+        if version is None or version == "":
+            return versions[max(versions)]
+        number = parse_version(version)
+        found = versions.get(number)
+        if found is None:
+            self._raise_missing(name, number)
+        return found
+
+    def _raise_missing(self, name: str, version: str | int | None) -> NoReturn:
+        statuses = self._status.get(name, {})
+        status = statuses.get(str(version)) if version is not None else None
+        if status is None and version is None and statuses:
+            status = next(iter(statuses.values()))
+        label = f"model '{name}'" + (f" version {version}" if version is not None else "")
+        if status is not None and status.state == ModelState.LOADING:
+            raise ModelNotReady(f"{label} is loading")
+        if status is not None and status.state == ModelState.UNAVAILABLE:
+            raise ModelNotReady(f"{label} is unavailable: {status.reason}")
+        if status is not None and status.state == ModelState.UNLOADED:
+            raise ModelNotReady(f"{label} is unloaded")
+        raise ModelNotFound(f"{label} is not served here")
+
+    def live(self) -> list[ModelVersion]:
+        """Every live version, by name then version."""
+        return [self._live[n][v] for n in sorted(self._live) for v in sorted(self._live[n])]
+
+    def is_ready(self, name: str, version: str | int | None = None) -> bool:
+        try:
+            self.get(name, version)
+        except ServingError:
+            return False
+        return True
+
+    def index(self) -> list[VersionStatus]:
+        """Every model in the repository or the registry, with its state and reason."""
+        names = set(self.repository.model_names()) | set(self._status)
+        out: list[VersionStatus] = []
+        for name in sorted(names):
+            statuses = self._status.get(name)
+            if not statuses:
+                out.append(VersionStatus(name, "", ModelState.UNLOADED))
+                continue
+            out.extend(statuses[v] for v in sorted(statuses, key=_version_key))
+        return out
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    async def load_all(self) -> None:
+        """Load every model in the repository; failures are recorded, never raised."""
+        for name in self.repository.model_names():
+            try:
+                await self.load(name)
+            except ServingError as exc:
+                log.error("model %s failed to load: %s", name, exc.message)
+
+    async def load(self, name: str) -> list[ModelVersion]:
+        """(Re)load the versions of ``name`` its policy selects; the old ones serve until the
+        new ones are ready, and a version that fails keeps its previous pool if it had one."""
+        validate_name(name)
+        async with self._lock(name):
+            try:
+                config = self.repository.config(name)
+                versions = self.repository.select_versions(name, config.version_policy)
+                labels = self.repository.labels(name)
+            except ServingError as exc:
+                if not self._live.get(name):
+                    # A model already serving keeps its status; a broken new one shows why.
+                    self._status[name] = {
+                        "": VersionStatus(name, "", ModelState.UNAVAILABLE, exc.message)
+                    }
+                raise
+            if not versions:
+                self._status[name] = {
+                    "": VersionStatus(name, "", ModelState.UNAVAILABLE, "no versions on disk")
+                }
+                raise ModelNotFound(f"model '{name}' has no versions with a model.onnx")
+            old = dict(self._live.get(name, {}))
+            statuses = {str(v): VersionStatus(name, str(v), ModelState.LOADING) for v in versions}
+            self._status[name] = {**statuses}
+            new: dict[int, ModelVersion] = {}
+            errors: list[str] = []
+            for v in versions:
+                try:
+                    model = await asyncio.to_thread(
+                        load_version,
+                        name,
+                        v,
+                        self.repository.model_file(name, v),
+                        config,
+                        default_providers=self._settings.default_providers,
+                        require_accelerator=self._settings.require_accelerator,
+                        cpu_quota=self._cpu_quota,
+                        labels=labels,
+                    )
+                except ServingError as exc:
+                    log.error("model %s v%d failed to load: %s", name, v, exc.message)
+                    errors.append(f"v{v}: {exc.message}")
+                    statuses[str(v)] = VersionStatus(
+                        name, str(v), ModelState.UNAVAILABLE, exc.message
+                    )
+                    if v in old:
+                        new[v] = old[v]
+                    continue
+                new[v] = model
+                statuses[str(v)] = VersionStatus(name, str(v), ModelState.READY)
+                self._metrics.model_loaded(
+                    name,
+                    str(v),
+                    model.provider,
+                    model.load_seconds,
+                    ",".join(model.fallback) if model.fallback else None,
+                )
+                log.info(
+                    "model %s v%d ready on %s in %.3fs",
+                    name, v, model.provider, model.load_seconds,
+                )  # fmt: skip
+            if not new and old:
+                # Nothing new loaded: the previous versions keep serving.
+                new = old
+                for v in old:
+                    statuses[str(v)] = VersionStatus(name, str(v), ModelState.READY)
+            self._status[name] = statuses
+            if new:
+                self._live[name] = new
+            else:
+                self._live.pop(name, None)
+            retired = [m for v, m in old.items() if new.get(v) is not m]
+            await self._retire(retired)
+            if not new:
+                raise ModelNotReady(f"model '{name}' failed to load: {'; '.join(errors)}")
+            return [new[v] for v in sorted(new)]
+
+    async def unload(self, name: str, version: int | None = None) -> None:
+        """Stop serving ``name`` (or one version); in-flight requests finish first."""
+        validate_name(name)
+        async with self._lock(name):
+            live = self._live.get(name, {})
+            if not live and name not in self._status:
+                raise ModelNotFound(f"model '{name}' is not loaded")
+            targets = [version] if version is not None else list(live)
+            retired = [live.pop(v) for v in targets if v in live]
+            if not live:
+                self._live.pop(name, None)
+            statuses = self._status.setdefault(name, {})
+            for v in targets:
+                statuses[str(v)] = VersionStatus(name, str(v), ModelState.UNLOADED)
+            statuses.pop("", None)
+            await self._retire(retired)
+
+    def forget(self, name: str, version: int | None = None) -> None:
+        """Drop a model's (or a version's) status after it left the disk."""
+        if version is None:
+            self._status.pop(name, None)
+        else:
+            self._status.get(name, {}).pop(str(version), None)
+
+    async def _retire(self, models: list[ModelVersion]) -> None:
+        for model in models:
+            self._metrics.model_unloaded(model.name, str(model.version), model.provider)
+            await asyncio.to_thread(model.pool.retire, self._settings.shutdown_grace_seconds)
+
+    async def close(self) -> None:
+        """Retire every pool (waits for in-flight runs)."""
+        for name in list(self._live):
+            await self.unload(name)
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (0, version)

@@ -1,0 +1,139 @@
+"""The model repository: what is on disk, with validated names and paths."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import orjson
+from pydantic import ValidationError
+
+from app.errors import InvalidModel, InvalidName, ModelNotFound
+from app.registry.config import ModelConfig, VersionPolicy
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.txt"
+STAGING_DIR = ".staging"
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a safe model name, else raise a 400."""
+    if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
+        raise InvalidName(
+            f"invalid model name {name!r:.80}: use 1-64 ASCII letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_version(version: str | int) -> int:
+    """Return a positive integer version, else raise a 400."""
+    text = str(version)
+    if VERSION_PATTERN.fullmatch(text) is None:
+        raise InvalidName(f"invalid model version {text!r:.40}: use a positive integer")
+    return int(text)
+
+
+def format_config_error(exc: ValidationError) -> str:
+    """One line naming each offending key of a config, for a 422."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{where}'")
+        else:
+            parts.append(f"'{where}': {err['msg']}")
+    return "invalid config.json: " + "; ".join(parts)
+
+
+def parse_config(raw: bytes | str) -> ModelConfig:
+    """Parse and validate config JSON text, raising a 422 that names each bad key."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidModel(f"config.json is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidModel("config.json must hold a JSON object")
+    try:
+        return ModelConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise InvalidModel(format_config_error(exc)) from None
+
+
+class ModelRepository:
+    """Models under ``root`` laid out as ``<name>/<version>/model.onnx``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    @property
+    def staging(self) -> Path:
+        return self.root / STAGING_DIR
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.model_dir(name) / str(version)
+
+    def model_file(self, name: str, version: int) -> Path:
+        return self.version_dir(name, version) / MODEL_FILE
+
+    def model_names(self) -> list[str]:
+        """Names of the model folders on disk, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.is_symlink() and NAME_PATTERN.fullmatch(p.name)
+        )
+
+    def has_model(self, name: str) -> bool:
+        return self.model_dir(name).is_dir()
+
+    def versions(self, name: str) -> list[int]:
+        """Versions of ``name`` that hold a model file, ascending."""
+        directory = self.model_dir(name)
+        if not directory.is_dir():
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        found = []
+        for p in directory.iterdir():
+            if p.is_dir() and VERSION_PATTERN.fullmatch(p.name) and (p / MODEL_FILE).is_file():
+                found.append(int(p.name))
+        return sorted(found)
+
+    def config(self, name: str) -> ModelConfig:
+        """The model's validated config; defaults when it has no config.json."""
+        path = self.model_dir(name) / CONFIG_FILE
+        if not path.is_file():
+            return ModelConfig()
+        return parse_config(path.read_bytes())
+
+    def labels(self, name: str) -> list[str] | None:
+        """Class labels from labels.txt, one per line, or None."""
+        path = self.model_dir(name) / LABELS_FILE
+        if not path.is_file():
+            return None
+        lines = path.read_text(encoding="utf-8").splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return [line.strip() for line in lines]
+
+    def select_versions(self, name: str, policy: VersionPolicy) -> list[int]:
+        """The versions on disk that ``policy`` serves."""
+        available = self.versions(name)
+        if policy.policy == "all":
+            return available
+        if policy.policy == "specific":
+            return [v for v in available if v in set(policy.versions)]
+        return available[-policy.num_versions :]
+
+    def clean_staging(self) -> None:
+        """Remove what interrupted writes left in the staging folder."""
+        if self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""Service settings, read from the environment with the ``ONNX_SERVE_`` prefix."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+
+class Settings(BaseSettings):
+    """Every knob of the server; each field is also an ``ONNX_SERVE_<FIELD>`` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="ONNX_SERVE_", extra="ignore")
+
+    model_repository: Path = Field(
+        Path("models"), description="Directory holding <name>/<version>/model.onnx."
+    )
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to bind.")
+    workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the service and the access log."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    server_name: str = Field("onnx-serve", description="Name reported by GET /v2.")
+
+    require_accelerator: bool = Field(
+        False,
+        description="Fail a model load when a requested GPU provider silently falls back to CPU.",
+    )
+    default_providers: str = Field(
+        "auto",
+        description="Providers for models whose config names none: 'auto' "
+        "(TensorRT -> CUDA -> CPU, as available), 'cpu', or a comma-separated list.",
+    )
+    cpu_quota: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs the process may use; detected from cgroup cpu.max or affinity if unset.",
+    )
+
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    max_upload_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1024, description="Largest model upload accepted (413 above)."
+    )
+    max_tensor_elements: int = Field(
+        64 * 1024 * 1024, ge=1, description="Most elements in one request's tensors in total."
+    )
+    max_json_depth: int = Field(64, ge=2, description="Deepest JSON nesting accepted.")
+    max_inputs: int = Field(64, ge=1, description="Most input tensors in one request.")
+    max_bytes_element: int = Field(
+        16 * 1024 * 1024, ge=1, description="Longest single BYTES tensor element."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest decoded image in pixels (decompression bombs)."
+    )
+    default_timeout_us: int = Field(
+        0, ge=0, description="Default time a request may wait in a model queue; 0 means no limit."
+    )
+
+    management_api_key: SecretStr | None = Field(
+        None, description="Key for upload/load/unload/delete/index (Bearer or X-API-Key)."
+    )
+    inference_api_key: SecretStr | None = Field(
+        None, description="Optional key required on inference endpoints."
+    )
+    allow_open_management: bool = Field(
+        False,
+        description="Serve management endpoints without a key (logs a warning at start).",
+    )
+    repository_poll_seconds: float = Field(
+        0.0, ge=0.0, description="Poll the repository for changes this often; 0 disables."
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0.0, description="How long in-flight requests may finish after SIGTERM."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.management_api_key is not None and not self.management_api_key.get_secret_value():
+            raise ValueError("management_api_key must not be empty")
+        if self.inference_api_key is not None and not self.inference_api_key.get_secret_value():
+            raise ValueError("inference_api_key must not be empty")
+        if self.management_api_key is not None and self.allow_open_management:
+            raise ValueError("set either management_api_key or allow_open_management, not both")
+        if self.max_upload_bytes < 1024:
+            raise ValueError("max_upload_bytes is too small")
+        return self
