@@ -2,8 +2,9 @@
 
 digits: an MLP trained on scikit-learn's bundled 8x8 digits. 400 samples are held out for
 the tests: ``sklearn.model_selection.train_test_split(range(1797), test_size=400,
-random_state=0, stratify=target)`` (see ``digits_split``). Input ``image`` [N,1,8,8] FP32
-in [0, 1] where 1 is ink (sklearn's 0..16 divided by 16); outputs ``logits`` and ``probabilities`` [N,10].
+random_state=0, stratify=target)`` (see ``digits_split``). Input ``image`` [N,1,8,8]
+FP32 in [0, 1] where 1 is ink (sklearn's 0..16 divided by 16); outputs ``logits`` and
+``probabilities`` [N,10].
 """
 
 from __future__ import annotations
