@@ -16,6 +16,7 @@ from app.settings import Settings
 # process of a multi-worker server reads the same values).
 SERVE_FLAGS = {
     "models": "model_repository",
+    "model_name": "model_name",
     "host": "host",
     "port": "port",
     "workers": "workers",
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the HTTP server")
     serve.add_argument("--models", help="model repository directory (default: models)")
+    serve.add_argument(
+        "--model-name",
+        "--model_name",
+        dest="model_name",
+        help="serve the repository root as this one model (KServe's /mnt/models layout)",
+    )
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: 1)")

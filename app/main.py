@@ -19,8 +19,9 @@ from app.inference.service import InferenceService
 from app.metrics import Metrics, multiprocess_dir
 from app.protocol.schemas import component_schemas
 from app.protocol.v2 import RequestLimits
+from app.registry.cuda_libraries import preload_cuda_libraries
 from app.registry.registry import ModelRegistry
-from app.registry.repository import ModelRepository
+from app.registry.repository import open_repository
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     """Build a fresh app; models load when its lifespan starts."""
     metrics = metrics if metrics is not None else Metrics()
-    repo = ModelRepository(settings.model_repository)
+    if settings.preload_cuda:
+        preload_cuda_libraries()
+    repo = open_repository(settings.model_repository, settings.model_name)
     registry = ModelRegistry(repo, settings, metrics)
     service = InferenceService(registry, metrics, limits_from(settings))
 

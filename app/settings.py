@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     model_repository: Path = Field(
         Path("models"), description="Directory holding <name>/<version>/model.onnx."
     )
+    model_name: str | None = Field(
+        None,
+        description="Serve the repository root as one model with this name: model.onnx at the "
+        "root is version 1, else <version>/model.onnx (KServe's /mnt/models layout).",
+    )
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to bind.")
     workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
@@ -37,6 +42,11 @@ class Settings(BaseSettings):
         "auto",
         description="Providers for models whose config names none: 'auto' "
         "(TensorRT -> CUDA -> CPU, as available), 'cpu', or a comma-separated list.",
+    )
+    preload_cuda: bool = Field(
+        False,
+        description="Load CUDA and cuDNN from the nvidia pip packages at start (the GPU image "
+        "sets this).",
     )
     cpu_quota: int | None = Field(
         None,

@@ -137,3 +137,62 @@ class ModelRepository:
         """Remove what interrupted writes left in the staging folder."""
         if self.staging.exists():
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+# ---- one model at the root (KServe's storage layout) ---------------------------------------
+
+
+class SingleModelRepository(ModelRepository):
+    """One model, served as ``name``, whose files sit at the repository root.
+
+    This is how KServe's storage initializer lays a model out: ``model.onnx`` (or a lone
+    ``*.onnx``) at the root is version 1; without one, ``<version>/model.onnx`` folders are.
+    """
+
+    def __init__(self, root: Path, name: str) -> None:
+        super().__init__(root)
+        self.name = validate_name(name)
+
+    def _flat_model(self) -> Path | None:
+        """The model file at the root itself, when the root is not split into versions."""
+        named = self.root / MODEL_FILE
+        if named.is_file():
+            return named
+        lone = [p for p in self.root.glob("*.onnx") if p.is_file()] if self.root.is_dir() else []
+        return lone[0] if len(lone) == 1 else None
+
+    def model_dir(self, name: str) -> Path:
+        if validate_name(name) != self.name:
+            raise ModelNotFound(f"model '{name}' is not served here (only '{self.name}' is)")
+        return self.root
+
+    def model_names(self) -> list[str]:
+        return [self.name] if self.root.is_dir() else []
+
+    def has_model(self, name: str) -> bool:
+        return name == self.name and self.root.is_dir()
+
+    def versions(self, name: str) -> list[int]:
+        self.model_dir(name)
+        if self._flat_model() is not None:
+            return [1]
+        return super().versions(name)
+
+    def version_dir(self, name: str, version: int) -> Path:
+        if version == 1 and self._flat_model() is not None:
+            return self.model_dir(name)
+        return super().version_dir(name, version)
+
+    def model_file(self, name: str, version: int) -> Path:
+        flat = self._flat_model() if version == 1 else None
+        if flat is not None:
+            self.model_dir(name)
+            return flat
+        return super().model_file(name, version)
+
+
+def open_repository(root: Path, model_name: str | None = None) -> ModelRepository:
+    """The repository at ``root``: one model named ``model_name`` at its root when given."""
+    if model_name:
+        return SingleModelRepository(root, model_name)
+    return ModelRepository(root)
