@@ -14,6 +14,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -112,6 +113,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.stats: dict[tuple[str, str], ModelStats] = {}
+        ProcessCollector(registry=self.registry)
         r = self.registry
         self.request_success = Counter(
             "onnx_serve_request_success",
@@ -260,4 +262,5 @@ class Metrics:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+        ProcessCollector(registry=merged)  # this worker's process only
         return generate_latest(merged)

@@ -40,7 +40,7 @@ def parse_header_length(value: str | None) -> int | None:
 
 
 def decode_bytes_elements(buffer: memoryview, count: int, max_element: int) -> np.ndarray:
-    """Decode ``count`` length-prefixed BYTES elements that fill ``buffer`` exactly."""
+    """Decode ``count`` length-prefixed UTF-8 elements that fill ``buffer`` exactly."""
     out = np.empty(count, dtype=np.object_)
     offset = 0
     size = len(buffer)
@@ -53,7 +53,11 @@ def decode_bytes_elements(buffer: memoryview, count: int, max_element: int) -> n
             raise BadRequest(f"BYTES element {i} is {length} bytes, over the limit {max_element}")
         if offset + length > size:
             raise BadRequest(f"BYTES element {i} declares {length} bytes past the data's end")
-        out[i] = bytes(buffer[offset : offset + length])
+        try:
+            # onnxruntime string tensors hold UTF-8 text, so elements become str here.
+            out[i] = str(buffer[offset : offset + length], "utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"BYTES element {i} is not UTF-8 text") from None
         offset += length
     if offset != size:
         raise BadRequest(f"BYTES tensor data has {size - offset} bytes after its {count} elements")

@@ -71,6 +71,9 @@ def decode_json_tensor(
         shape = raw.shape
     if dtype.kind == "O":
         return _decode_bytes(data, shape, name, max_element)
+    if dtype == np.uint64 and raw.dtype.kind in ("f", "O"):
+        # Values past INT64_MAX make numpy guess float64 or object: keep them exact.
+        raw = _exact_uint64(data, name)
     if raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
         got = "strings" if raw.dtype.kind in ("U", "S") else f"values of kind {raw.dtype.name}"
         if raw.dtype.kind == "O":
@@ -85,7 +88,24 @@ def decode_json_tensor(
         raise BadRequest(
             f"input '{name}': data has {raw.size} elements but shape {list(shape)} needs {expected}"
         )
-    return raw.astype(dtype, copy=False).reshape(shape)
+    try:
+        with np.errstate(over="raise"):
+            return raw.astype(dtype, copy=False).reshape(shape)
+    except FloatingPointError:
+        raise BadRequest(f"input '{name}': values out of range for {dtype.name}") from None
+
+
+def _exact_uint64(data: Any, name: str) -> np.ndarray:
+    try:
+        values = np.array(data, dtype=np.object_)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"input '{name}': data is not a regular array: {exc}") from None
+    flat = values.ravel()
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+        raise BadRequest(f"input '{name}': expected uint64 data, got non-integers")
+    if any(v < 0 or v > 0xFFFF_FFFF_FFFF_FFFF for v in flat):
+        raise BadRequest(f"input '{name}': values out of range for uint64")
+    return values.astype(np.uint64)
 
 
 def _decode_bytes(
@@ -98,10 +118,9 @@ def _decode_bytes(
         if isinstance(item, list):
             stack.extend(reversed(item))
         elif isinstance(item, str):
-            encoded = item.encode("utf-8")
-            if len(encoded) > max_element:
+            if len(item) > max_element // 4 and len(item.encode("utf-8")) > max_element:
                 raise BadRequest(f"input '{name}': a BYTES element is over {max_element} bytes")
-            flat.append(encoded)
+            flat.append(item)
         else:
             raise BadRequest(f"input '{name}': BYTES data must be strings, got {item!r:.40}")
     expected = int(np.prod(shape, dtype=np.int64)) if shape else 1

@@ -149,6 +149,7 @@ class ModelRegistry:
             self._status[name] = {**statuses}
             new: dict[int, ModelVersion] = {}
             errors: list[str] = []
+            failures: list[ServingError] = []
             for v in versions:
                 try:
                     model = await asyncio.to_thread(
@@ -165,6 +166,7 @@ class ModelRegistry:
                 except ServingError as exc:
                     log.error("model %s v%d failed to load: %s", name, v, exc.message)
                     errors.append(f"v{v}: {exc.message}")
+                    failures.append(exc)
                     statuses[str(v)] = VersionStatus(
                         name, str(v), ModelState.UNAVAILABLE, exc.message
                     )
@@ -196,8 +198,12 @@ class ModelRegistry:
                 self._live.pop(name, None)
             retired = [m for v, m in old.items() if new.get(v) is not m]
             await self._retire(retired)
-            if not new:
-                raise ModelNotReady(f"model '{name}' failed to load: {'; '.join(errors)}")
+            if failures:
+                kept = " (the versions already serving keep serving)" if new else ""
+                error = type(failures[0])(
+                    f"model '{name}' failed to load: {'; '.join(errors)}{kept}"
+                )
+                raise error
             return [new[v] for v in sorted(new)]
 
     async def unload(self, name: str, version: int | None = None) -> None:

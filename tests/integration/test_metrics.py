@@ -1,0 +1,72 @@
+"""After traffic, /metrics shows every series with sensible values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.onnx_models import mlp, write_model
+from tests.server import RunningServer
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(server: RunningServer) -> Samples:
+    r = httpx.get(server.url + "/metrics")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    out: Samples = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("models")
+    write_model(root, "mlp", mlp())
+    with RunningServer(root) as running:
+        yield running
+
+
+def infer(server: RunningServer, rows: int, width: int = 16) -> httpx.Response:
+    body = {
+        "inputs": [{"name": "x", "shape": [rows, width], "datatype": "FP32",
+                    "data": [0.5] * rows * width}]
+    }  # fmt: skip
+    return httpx.post(server.url + "/v2/models/mlp/infer", json=body)
+
+
+def test_series_after_traffic(server: RunningServer) -> None:
+    for rows in (1, 2, 3):
+        assert infer(server, rows).status_code == 200
+    assert infer(server, 1, width=5).status_code == 400
+    assert httpx.post(server.url + "/v2/models/mlp/infer", content=b"{").status_code == 400
+    assert httpx.post(server.url + "/v2/models/ghost/infer", content=b"{}").status_code == 404
+
+    s = scrape(server)
+    m = {"model": "mlp", "version": "1"}
+    assert value(s, "onnx_serve_request_success_total", **m) == 3
+    assert value(s, "onnx_serve_request_failure_total", reason="bad_request", **m) == 2
+    assert value(s, "onnx_serve_request_duration_seconds_count", **m) == 5
+    assert value(s, "onnx_serve_request_duration_seconds_sum", **m) > 0
+    assert value(s, "onnx_serve_queue_duration_seconds_count", **m) == 3
+    assert value(s, "onnx_serve_compute_duration_seconds_count", **m) == 3
+    assert value(s, "onnx_serve_inference_count_total", **m) == 6
+    assert value(s, "onnx_serve_execution_count_total", **m) == 3
+    assert value(s, "onnx_serve_batch_size_sum", **m) == 6
+    assert value(s, "onnx_serve_batch_size_bucket", le="2.0", **m) == 2
+    assert value(s, "onnx_serve_inflight_requests", **m) == 0
+    assert value(s, "onnx_serve_model_load_duration_seconds", **m) > 0
+    assert value(s, "onnx_serve_model_ready", provider="CPUExecutionProvider", **m) == 1
+    assert ("process_resident_memory_bytes", frozenset()) in s
+    # An unknown model name never creates a series.
+    assert not any(dict(labels).get("model") == "ghost" for _, labels in s)
