@@ -172,8 +172,13 @@ class ModelRegistry:
                     )
                     if v in old:
                         new[v] = old[v]
+                        statuses[str(v)] = VersionStatus(
+                            name, str(v), ModelState.READY,
+                            f"reload failed, the previous load keeps serving: {exc.message}",
+                        )  # fmt: skip
                     continue
                 new[v] = model
+                self._metrics.live_sessions.update(model.pool.sessions)
                 statuses[str(v)] = VersionStatus(name, str(v), ModelState.READY)
                 self._metrics.model_loaded(
                     name,
@@ -223,6 +228,10 @@ class ModelRegistry:
             statuses.pop("", None)
             await self._retire(retired)
 
+    def status(self, name: str, version: int) -> VersionStatus | None:
+        """The recorded state of one version, if the registry has tried it."""
+        return self._status.get(name, {}).get(str(version))
+
     def forget(self, name: str, version: int | None = None) -> None:
         """Drop a model's (or a version's) status after it left the disk."""
         if version is None:
@@ -232,7 +241,10 @@ class ModelRegistry:
 
     async def _retire(self, models: list[ModelVersion]) -> None:
         for model in models:
-            self._metrics.model_unloaded(model.name, str(model.version), model.provider)
+            current = self._live.get(model.name, {}).get(model.version)
+            if current is None or current.provider != model.provider:
+                # A reload of the same version on the same provider keeps its ready gauge.
+                self._metrics.model_unloaded(model.name, str(model.version), model.provider)
             await asyncio.to_thread(model.pool.retire, self._settings.shutdown_grace_seconds)
 
     async def close(self) -> None:

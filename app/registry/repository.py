@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import orjson
@@ -133,10 +137,62 @@ class ModelRepository:
             return [v for v in available if v in set(policy.versions)]
         return available[-policy.num_versions :]
 
+    def new_staging_entry(self) -> Path:
+        """A fresh folder in the staging dir, named after this host and process."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        entry = self.staging / f"{_host_label()}--{os.getpid()}--{secrets.token_hex(6)}"
+        entry.mkdir()
+        return entry
+
     def clean_staging(self) -> None:
-        """Remove what interrupted writes left in the staging folder."""
-        if self.staging.exists():
-            shutil.rmtree(self.staging, ignore_errors=True)
+        """Remove what interrupted writes left in the staging folder.
+
+        Replicas may share the repository, so an entry is only removed when its writer is
+        gone: a dead process of this host (or this very process id, reused after a restart),
+        or any writer silent for ``STAGING_MAX_AGE_SECONDS``.
+        """
+        if not self.staging.is_dir():
+            return
+        for entry in self.staging.iterdir():
+            if _abandoned(entry):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        try:
+            self.staging.rmdir()
+        except OSError:
+            pass  # not empty: another replica is writing
+
+
+STAGING_MAX_AGE_SECONDS = 24 * 3600
+
+
+def _host_label() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _abandoned(entry: Path) -> bool:
+    head, _, _token = entry.name.rpartition("--")
+    host, _, pid_text = head.rpartition("--")
+    if host == _host_label() and pid_text.isdigit():
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    if not pid_text.isdigit():
+        return True  # not written by this service's staging code
+    try:
+        newest = max([entry.lstat().st_mtime] + [p.lstat().st_mtime for p in entry.rglob("*")])
+    except OSError:
+        return True
+    return time.time() - newest > STAGING_MAX_AGE_SECONDS
 
 
 # ---- one model at the root (KServe's storage layout) ---------------------------------------
