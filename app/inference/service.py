@@ -90,8 +90,13 @@ class InferenceService:
     ) -> Iterator[tuple[ModelVersion, RequestObservation]]:
         """Look the model up, then time and count everything done inside the block."""
         model = self.registry.get(name, version)
-        with self.metrics.request(model.name, str(model.version)) as observation:
-            yield model, observation
+        # Held from lookup to response: a version swap retires this pool only after it.
+        model.pool.hold()
+        try:
+            with self.metrics.request(model.name, str(model.version)) as observation:
+                yield model, observation
+        finally:
+            model.pool.release()
 
     async def run(
         self,

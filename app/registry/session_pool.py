@@ -37,6 +37,7 @@ class SessionPool:
         self._drained = threading.Event()
         self._drained.set()
         self._retired = False
+        self._closed = False
         self._busy = 0
 
     @property
@@ -85,9 +86,18 @@ class SessionPool:
         result, compute = self.run_blocking(feeds, outputs)
         return result, compute, started
 
+    def hold(self) -> None:
+        """Count a request as in flight from lookup to response, so retiring waits for it."""
+        self._enter()
+
+    def release(self) -> None:
+        """End a ``hold``."""
+        self._leave()
+
     def _enter(self) -> None:
         with self._lock:
-            if self._retired:
+            # Once retired, only work of requests that already hold the pool may still run.
+            if self._closed or (self._retired and self._active == 0):
                 raise ModelNotReady("this model version was unloaded; retry the request")
             self._active += 1
             self._drained.clear()
@@ -103,6 +113,8 @@ class SessionPool:
         with self._lock:
             self._retired = True
         drained = self._drained.wait(timeout)
+        with self._lock:
+            self._closed = True
         self._executor.shutdown(wait=drained)
         while not self._free.empty():
             self._free.get_nowait()
