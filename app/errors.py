@@ -27,6 +27,12 @@ class InvalidName(BadRequest):
     reason = "invalid_name"
 
 
+class InvalidImage(BadRequest):
+    """Bytes that are not an image, or a truncated or corrupt one."""
+
+    reason = "invalid_image"
+
+
 class Unauthorized(ServingError):
     status = HTTPStatus.UNAUTHORIZED
     reason = "unauthorized"

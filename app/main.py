@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.api import errors
-from app.api.routes import health, predict, repository, v1, v2
+from app.api.routes import health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
 from app.inference.service import InferenceService
 from app.metrics import Metrics, multiprocess_dir
@@ -81,7 +81,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.ready = False
     app.state.shutting_down = False
     errors.install(app)
-    for module in (health, v2, repository, v1, predict, metrics_routes):
+    for module in (health, v2, repository, v1, predict, images, metrics_routes):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
@@ -95,6 +95,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 component_schemas()
             )
+            schema["components"]["schemas"].update(images.component_schemas())
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -4,13 +4,22 @@ digits: an MLP trained on scikit-learn's bundled 8x8 digits. 400 samples are hel
 the tests: ``sklearn.model_selection.train_test_split(range(1797), test_size=400,
 random_state=0, stratify=target)`` (see ``digits_split``). Input ``image`` [N,1,8,8]
 FP32 in [0, 1] where 1 is ink (sklearn's 0..16 divided by 16); outputs ``logits`` and
-``probabilities`` [N,10].
+``probabilities`` [N,10]. Its config.json turns 8-bit grayscale images of a digit (either
+polarity) into that input: box-resize to 8x8, scale by 1/255, invert when the border is light.
+
+colors: an untrained nearest-colour classifier over an RGB image. Input ``image``
+[N,3,224,224] FP32 normalised with ImageNet's mean and std; the mean colour of the image is
+scored against one prototype per class (``logits`` = 2 p.x - |p|^2 in normalised units, times
+a sharpness), with ``probabilities`` its softmax. It exercises the colour, resize (shorter side
+plus centre crop) and normalisation paths of image preprocessing.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -19,6 +28,47 @@ from onnx import TensorProto, helper, numpy_helper
 HERE = Path(__file__).resolve().parent
 HELD_OUT = 400
 OPSET = 17
+
+DIGITS_CONFIG: dict[str, Any] = {
+    "preprocess": {
+        "input": "image",
+        "color": "L",
+        "size": [8, 8],
+        "resize": "stretch",
+        "resample": "box",
+        "scale": 1 / 255,
+        "invert": "auto",
+    },
+    "postprocess": {"output": "probabilities", "softmax": False, "top_k": 5},
+}
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+COLOR_SIZE = 224
+COLOR_SHARPNESS = 4.0
+#: Class name and its prototype colour (R, G, B in 0..1).
+COLORS: list[tuple[str, tuple[float, float, float]]] = [
+    ("red", (1.0, 0.0, 0.0)),
+    ("green", (0.0, 1.0, 0.0)),
+    ("blue", (0.0, 0.0, 1.0)),
+    ("yellow", (1.0, 1.0, 0.0)),
+    ("cyan", (0.0, 1.0, 1.0)),
+    ("magenta", (1.0, 0.0, 1.0)),
+    ("white", (1.0, 1.0, 1.0)),
+    ("gray", (0.5, 0.5, 0.5)),
+    ("black", (0.0, 0.0, 0.0)),
+]
+COLORS_CONFIG: dict[str, Any] = {
+    "preprocess": {
+        "color": "RGB",
+        "resize": "shorter_side_crop",
+        "resample": "bilinear",
+        "crop_fraction": 0.875,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+    },
+    "postprocess": {"output": "logits", "softmax": True, "top_k": 3},
+}
 
 
 def digits_split(target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,12 +124,55 @@ def digits_model() -> onnx.ModelProto:
     return model
 
 
-def main() -> None:
-    target = HERE / "digits" / "1" / "model.onnx"
+def colors_model() -> onnx.ModelProto:
+    """Score the image's mean colour against each class prototype (no training)."""
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+    prototypes = (np.array([rgb for _, rgb in COLORS]) - mean) / std  # normalised units
+    weights = (COLOR_SHARPNESS * 2 * prototypes.T).astype(np.float32)  # [3, classes]
+    bias = (-COLOR_SHARPNESS * (prototypes**2).sum(axis=1)).astype(np.float32)
+    classes = len(COLORS)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["mean_color"], axis=1),
+        helper.make_node("Gemm", ["mean_color", "w", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "colors",
+        [
+            helper.make_tensor_value_info(
+                "image", TensorProto.FLOAT, ["N", 3, COLOR_SIZE, COLOR_SIZE]
+            )
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
+        ],
+        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnx-serve"
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def write_sample(
+    name: str, model: onnx.ModelProto, labels: list[str], config: dict[str, Any]
+) -> None:
+    target = HERE / name / "1" / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(digits_model(), target)
-    (HERE / "digits" / "labels.txt").write_text("".join(f"{d}\n" for d in range(10)))
+    onnx.save(model, target)
+    (HERE / name / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+    (HERE / name / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"wrote {target}", file=sys.stderr)
+
+
+def main() -> None:
+    write_sample("digits", digits_model(), [str(d) for d in range(10)], DIGITS_CONFIG)
+    write_sample("colors", colors_model(), [name for name, _ in COLORS], COLORS_CONFIG)
 
 
 if __name__ == "__main__":

@@ -84,26 +84,69 @@ class VersionPolicy(_Strict):
 
 
 class PreprocessConfig(_Strict):
-    """How an image becomes the model's input tensor (see docs/configuration.md)."""
+    """How an image becomes the model's input tensor (see docs/images.md).
 
-    input: str | None = Field(None, description="Input the image feeds; default: the first.")
-    color: Literal["L", "RGB", "BGR"] | None = None
-    resize: Literal["stretch", "shorter_side_crop"] = "stretch"
+    Pixels are 0..255; the tensor is ``(pixel * scale - mean) / std`` per channel, after the
+    optional inversion ``255 - pixel``. What is absent is inferred from the input's shape and
+    dtype.
+    """
+
+    input: str | None = Field(None, description="Input the image feeds; default: the first 4-D.")
+    color: Literal["L", "RGB", "BGR"] | None = Field(
+        None, description="Channel order; default: L for 1 channel, RGB for 3."
+    )
+    resize: Literal["stretch", "shorter_side_crop"] = Field(
+        "stretch",
+        description="'stretch' to the size, or scale the shorter side and crop the centre.",
+    )
+    resample: Literal["nearest", "box", "bilinear", "bicubic", "lanczos"] = Field(
+        "bilinear", description="Resampling filter of the resize (antialiased when shrinking)."
+    )
+    crop_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="With shorter_side_crop: the crop's share of the resized shorter side "
+        "(0.875 resizes to 256 and crops 224).",
+    )
     size: tuple[int, int] | None = Field(None, description="[height, width]; default: graph.")
     layout: Literal["NCHW", "NHWC"] | None = None
-    dtype: Literal["float32", "float16", "float64", "uint8", "int8"] | None = None
+    dtype: Literal["float32", "float16", "float64", "uint8", "int8"] | None = Field(
+        None, description="Must match the input's type when given; default: the input's."
+    )
     scale: float | None = Field(None, description="Multiply pixel values (0..255) by this.")
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    invert: bool = Field(False, description="Use 255 - pixel (light digit on dark).")
+    mean: list[float] | None = Field(None, description="Per channel (or one for all).")
+    std: list[float] | None = Field(None, description="Per channel (or one for all).")
+    invert: bool | Literal["auto"] = Field(
+        False,
+        description="Use 255 - pixel; 'auto' inverts images whose border is light (a dark "
+        "drawing on a light background). A request may override it.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PreprocessConfig:
+        if self.size is not None and min(self.size) < 1:
+            raise ValueError("size must be two positive integers [height, width]")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if values is not None and len(values) not in (1, 3):
+                raise ValueError(f"{name} needs 1 value or 3 (one per channel)")
+        if self.std is not None and any(v == 0 for v in self.std):
+            raise ValueError("std must not be 0")
+        return self
 
 
 class PostprocessConfig(_Strict):
     """Classification outputs: softmax and top-k with labels."""
 
-    output: str | None = Field(None, description="Output holding class scores; default: first.")
-    softmax: bool = False
-    top_k: int = Field(5, ge=1)
+    output: str | None = Field(
+        None, description="Output holding class scores; default: the first 2-D float output."
+    )
+    softmax: bool | Literal["auto"] = Field(
+        "auto",
+        description="Apply softmax to the scores; 'auto' applies it unless every row is "
+        "already a probability distribution.",
+    )
+    top_k: int = Field(5, ge=1, description="Classes per image when the request names none.")
 
 
 class ModelConfig(_Strict):

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import Inference, ServiceDep, read_body
+from app.api.deps import Inference, ServiceDep, SettingsDep, read_body
 from app.api.responses import json_response
+from app.api.routes import images
 from app.errors import BadRequest
 from app.inference.plain import named_inputs
 from app.protocol.schemas import (
@@ -39,18 +40,26 @@ def _model_field(doc: dict[str, Any]) -> tuple[str, str | None]:
 
 @router.post(
     "/predict",
-    summary="Run a model on JSON tensors",
+    summary="Run a model on JSON tensors or images",
     description='Send `{"model": name, "inputs": {input: nested list}}` (or a bare nested '
     'list for a one-input model); get `{"model", "version", "outputs": {name: nested '
-    "list}}`. A single example without its batch dimension is accepted and answered alike.",
-    response_model=PredictResponse,
+    "list}}`. A single example without its batch dimension is accepted and answered alike. "
+    "Images come as a multipart form (`file` parts and a `model` field), a raw `image/*` "
+    'body with `?model=`, or base64 JSON (`{"model", "image"}` or `"images": [...]`); they '
+    'are answered with `{"model", "version", "predictions": [[{"label", "index", "score"}]]}` '
+    "(see docs/images.md). The Content-Type picks the form.",
+    response_model=PredictResponse | images.ImagePredictResponse,
     responses=ERRORS,
-    openapi_extra=request_body(PredictRequest, PREDICT_EXAMPLE),
+    openapi_extra=images.predict_openapi(request_body(PredictRequest, PREDICT_EXAMPLE)),
     dependencies=[Inference],
 )
-async def predict(request: Request, service: ServiceDep) -> Response:
+async def predict(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+    if images.is_upload(request):
+        return await images.predict_request(request, service, settings, None)
     body = await read_body(request, service.limits.max_request_bytes)
     doc = loads_object(body)
+    if images.is_image_document(doc):
+        return await images.predict_request(request, service, settings, doc)
     name, version = _model_field(doc)
     with service.request(name, version) as (model, observation):
         if "inputs" not in doc:

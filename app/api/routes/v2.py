@@ -10,6 +10,7 @@ from starlette.responses import Response
 from app.api.deps import Inference, RegistryDep, ServiceDep, read_body
 from app.api.responses import error_response, json_response
 from app.errors import ServingError
+from app.inference.images import describe as image_processing
 from app.protocol import binary
 from app.protocol.datatypes import V2_TO_TRITON_CONFIG
 from app.protocol.schemas import (
@@ -50,6 +51,7 @@ def model_metadata(registry: ModelRegistry, model: ModelVersion) -> dict[str, An
         "providers": model.providers,
         "provider_fallback": model.fallback,
         "max_batch_size": model.max_batch_size,
+        **image_processing(model),
         **model.extras,
     }
 
