@@ -73,7 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (default: 1)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
+    check = commands.add_parser(
+        "check", help="validate a model file offline and print its signature or the reason"
+    )
+    check.add_argument("model", help="path to the .onnx file")
+    check.add_argument("--config", help="a config.json to validate along with it")
+    check.add_argument("--json", action="store_true", help="print the signature as JSON")
+    check.set_defaults(func=_check)
     return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from app.check import run_check
+
+    return run_check(args.model, args.config, args.json, sys.stdout, sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,13 +15,16 @@ from app import __version__
 from app.api import errors
 from app.api.routes import health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
+from app.api.routes import models as model_routes
 from app.inference.service import InferenceService
 from app.metrics import Metrics, multiprocess_dir
 from app.protocol.schemas import component_schemas
 from app.protocol.v2 import RequestLimits
 from app.registry.cuda_libraries import preload_cuda_libraries
+from app.registry.installer import ModelInstaller
 from app.registry.registry import ModelRegistry
 from app.registry.repository import open_repository
+from app.registry.watcher import RepositoryWatcher
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,12 +52,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.management_api_key is None and settings.allow_open_management:
         log.warning("management endpoints are open to anyone: no API key is configured")
     registry.repository.clean_staging()
+    watcher: RepositoryWatcher | None = app.state.watcher
+    if watcher is not None:
+        watcher.prime()
+    elif settings.workers > 1 and (settings.management_api_key or settings.allow_open_management):
+        log.warning(
+            "uploads reach only the worker that took them: set ONNX_SERVE_REPOSITORY_POLL_SECONDS"
+        )
     await registry.load_all()
+    if watcher is not None:
+        watcher.start()
     app.state.ready = True
     try:
         yield
     finally:
         app.state.shutting_down = True
+        if watcher is not None:
+            await watcher.stop()
         await registry.close()
         if multiprocess_dir() is not None:
             from prometheus_client import multiprocess
@@ -78,9 +92,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.service = service
+    installer = ModelInstaller(registry)
+    app.state.installer = installer
+    app.state.watcher = None
+    if settings.repository_poll_seconds > 0:
+        app.state.watcher = RepositoryWatcher(installer, settings.repository_poll_seconds)
+        installer.on_change = app.state.watcher.refresh
     app.state.ready = False
     app.state.shutting_down = False
     errors.install(app)
+    app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, predict, images, metrics_routes):
         app.include_router(module.router)
 

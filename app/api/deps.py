@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from app.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
 from app.inference.service import InferenceService
 from app.metrics import Metrics
+from app.registry.installer import ModelInstaller
 from app.registry.registry import ModelRegistry
 from app.settings import Settings
 
@@ -34,10 +35,16 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_installer(request: Request) -> ModelInstaller:
+    installer: ModelInstaller = request.app.state.installer
+    return installer
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ServiceDep = Annotated[InferenceService, Depends(get_service)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+InstallerDep = Annotated[ModelInstaller, Depends(get_installer)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -1,0 +1,53 @@
+"""The model list of ``GET /models``: versions on disk joined with the registry's states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.errors import ServingError
+from app.registry.registry import ModelRegistry, ModelState
+
+NOT_SELECTED = "on disk, not selected by the model's version policy"
+
+
+def model_catalog(registry: ModelRegistry) -> list[dict[str, Any]]:
+    """One entry per model: its state, the reason if it is not ready, and each version."""
+    by_name: dict[str, dict[str, dict[str, Any]]] = {}
+    for status in registry.index():
+        by_name.setdefault(status.name, {})[status.version] = status.as_dict()
+    out: list[dict[str, Any]] = []
+    for name in sorted(by_name):
+        statuses = by_name[name]
+        try:
+            on_disk = [str(v) for v in registry.repository.versions(name)]
+        except ServingError:
+            on_disk = []
+        model_level = statuses.pop("", None)
+        for version in on_disk:
+            statuses.setdefault(
+                version,
+                {
+                    "name": name,
+                    "version": version,
+                    "state": ModelState.UNLOADED.value,
+                    "reason": NOT_SELECTED,
+                },
+            )
+        versions = [statuses[v] for v in sorted(statuses, key=int)]
+        for entry in versions:
+            entry["on_disk"] = entry["version"] in on_disk
+            del entry["name"]
+        states = {v["state"] for v in versions}
+        if ModelState.READY.value in states:
+            state, reason = ModelState.READY.value, ""
+        elif model_level is not None:
+            state, reason = model_level["state"], model_level["reason"]
+        elif ModelState.LOADING.value in states:
+            state, reason = ModelState.LOADING.value, ""
+        elif ModelState.UNAVAILABLE.value in states:
+            state = ModelState.UNAVAILABLE.value
+            reason = next(v["reason"] for v in versions if v["state"] == state)
+        else:
+            state, reason = ModelState.UNLOADED.value, "" if versions else "no versions on disk"
+        out.append({"name": name, "state": state, "reason": reason, "versions": versions})
+    return out

@@ -1,0 +1,426 @@
+"""Atomic installs and removals of model versions in the repository, each followed by a load.
+
+Every write lands in a staging folder inside the repository first (same filesystem), is
+fsynced and validated, and only then is moved into place with a rename or a hard link, so a
+crash at any moment leaves either the old state or the new one on disk, never half a version.
+An install whose load fails is undone: its files leave and the versions serving keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.errors import Conflict, InvalidModel, ModelNotFound, ServingError
+from app.registry.model import ModelVersion
+from app.registry.registry import ModelRegistry, ModelState
+from app.registry.repository import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    VERSION_PATTERN,
+    parse_config,
+    parse_version,
+    validate_name,
+)
+from app.registry.validation import ModelSignature, validate_model_file
+
+log = logging.getLogger(__name__)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file and fsync it."""
+    with open(path, "xb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _keep_copy(source: Path, copy: Path) -> None:
+    """Keep ``source``'s current content at ``copy`` (a hard link when the filesystem allows)."""
+    try:
+        os.link(source, copy)
+    except OSError:
+        shutil.copy2(source, copy)
+
+
+def _link_new(source: Path, target: Path) -> None:
+    """Put ``source`` at ``target`` unless something is already there (atomic when linkable)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if target.exists():  # no hard links here: check, then rename
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.replace(source, target)
+
+
+class Stage:
+    """One staging folder: what an install writes before it is moved into the repository."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files = 0
+
+    def new_model_path(self) -> Path:
+        """A path for one uploaded model file, in a folder of its own."""
+        self._files += 1
+        folder = self.directory / f"file-{self._files}"
+        folder.mkdir()
+        return folder / MODEL_FILE
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFile:
+    """A staged model file and the version it becomes (None: the next free number)."""
+
+    path: Path
+    version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstallPlan:
+    """What one install writes: model files, and optionally the model's config and labels."""
+
+    name: str
+    files: list[VersionFile] = field(default_factory=list)
+    config: bytes | None = None
+    labels: str | None = None
+    overwrite: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledVersion:
+    """A version an install put on disk and how the registry took it."""
+
+    name: str
+    version: int
+    state: str
+    reason: str
+    replaced: bool
+    signature: ModelSignature
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": str(self.version),
+            "state": self.state,
+            "reason": self.reason,
+            "replaced": self.replaced,
+            **self.signature.as_dict(),
+        }
+
+
+@dataclass
+class _Undo:
+    """How to put the repository back as it was before a failed install."""
+
+    model_dir: Path
+    created_model_dir: bool = False
+    # (live file, copy of its previous content or None when it did not exist)
+    files: list[tuple[Path, Path | None]] = field(default_factory=list)
+    created_dirs: list[Path] = field(default_factory=list)
+
+    def revert(self) -> None:
+        for target, previous in reversed(self.files):
+            if previous is not None:
+                os.replace(previous, target)
+            else:
+                target.unlink(missing_ok=True)
+        for directory in [*reversed(self.created_dirs)] + (
+            [self.model_dir] if self.created_model_dir else []
+        ):
+            with suppress(OSError):
+                directory.rmdir()
+        with suppress(OSError):
+            fsync_dir(self.model_dir)
+
+
+def next_free_version(model_dir: Path) -> int:
+    """One more than the highest numbered folder (files or not) of the model."""
+    numbers = [
+        int(p.name) for p in model_dir.iterdir() if VERSION_PATTERN.fullmatch(p.name)
+    ] if model_dir.is_dir() else []  # fmt: skip
+    return max(numbers, default=0) + 1
+
+
+class ModelInstaller:
+    """Installs and deletes model versions and keeps the registry in step with the disk."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.repository = registry.repository
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: Called (under the model's lock) after this installer changed a model on disk.
+        self.on_change: Callable[[str], None] | None = None
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """The lock serialising every disk change and (re)load of one model."""
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    def _changed(self, name: str) -> None:
+        if self.on_change is not None:
+            self.on_change(name)
+
+    @asynccontextmanager
+    async def stage(self) -> AsyncIterator[Stage]:
+        """A staging folder, removed (with whatever is left in it) when the block ends."""
+        directory = await asyncio.to_thread(self.repository.new_staging_entry)
+        try:
+            yield Stage(directory)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    # ---- checks that need no file ------------------------------------------------------------
+
+    def _model_dir(self, name: str) -> Path:
+        directory = self.repository.model_dir(validate_name(name))
+        if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+            raise Conflict(f"'{name}' exists in the repository but is not a model folder")
+        return directory
+
+    def precheck(self, name: str, version: int | None, overwrite: bool) -> None:
+        """Refuse a bad name or an existing version before any file is received."""
+        self._model_dir(name)
+        if version is not None and not overwrite:
+            if (self.repository.version_dir(name, version) / MODEL_FILE).exists():
+                raise Conflict(
+                    f"model '{name}' already has version {version}; "
+                    "pass overwrite=true to replace it"
+                )
+
+    # ---- install -----------------------------------------------------------------------------
+
+    async def install(self, stage: Stage, plan: InstallPlan) -> list[InstalledVersion]:
+        """Validate the staged files, move them into place and load; undo it all on failure."""
+        name = validate_name(plan.name)
+        if plan.config is not None:
+            parse_config(plan.config)
+        for item in plan.files:
+            if item.version is not None:
+                parse_version(item.version)
+        signatures = [await asyncio.to_thread(validate_model_file, f.path) for f in plan.files]
+        async with self.lock(name):
+            before = self._live_versions(name)
+            undo, placed = await asyncio.to_thread(self._place, stage, plan)
+            self._changed(name)
+            try:
+                failure = await self._load_installed(
+                    name, [v for v, _ in placed], plan.config is not None, before
+                )
+            except BaseException:
+                await asyncio.to_thread(undo.revert)
+                self._changed(name)
+                raise
+            if failure is not None:
+                await asyncio.to_thread(undo.revert)
+                for version, replaced in placed:
+                    if not replaced:
+                        self.registry.forget(name, version)
+                if undo.created_model_dir:
+                    self.registry.forget(name)
+                self._changed(name)
+                raise InvalidModel(failure)
+            results = []
+            for (version, replaced), signature in zip(placed, signatures, strict=True):
+                state, reason = self._state_of(name, version)
+                results.append(InstalledVersion(name, version, state, reason, replaced, signature))
+            return results
+
+    def _live_versions(self, name: str) -> dict[int, ModelVersion]:
+        return {m.version: m for m in self.registry.live() if m.name == name}
+
+    def _state_of(self, name: str, version: int) -> tuple[str, str]:
+        status = self.registry.status(name, version)
+        if status is None:
+            return ModelState.UNLOADED.value, "not selected by the model's version policy"
+        return status.state.value, status.reason
+
+    async def _load_installed(
+        self,
+        name: str,
+        placed: list[int],
+        new_config: bool,
+        before: dict[int, ModelVersion],
+    ) -> str | None:
+        """Load the model; the reason the install must be undone, or None when it took.
+
+        The placed versions the policy serves must each be live on a new pool; with a new
+        config, every version the policy serves must be.
+        """
+        config = self.repository.config(name)
+        selected = self.repository.select_versions(name, config.version_policy)
+        must_load = selected if new_config else [v for v in placed if v in selected]
+        try:
+            await self.registry.load(name)
+        except ServingError as exc:
+            message = exc.message
+        else:
+            message = ""
+        after = self._live_versions(name)
+        for version in must_load:
+            live = after.get(version)
+            if live is None or live is before.get(version):
+                status = self.registry.status(name, version)
+                reason = status.reason if status is not None and status.reason else message
+                return f"model '{name}' version {version} failed to load: {reason}"
+        return None
+
+    def _place(self, stage: Stage, plan: InstallPlan) -> tuple[_Undo, list[tuple[int, bool]]]:
+        """Move the staged files into the repository (blocking); returns how to undo it."""
+        name = plan.name
+        model_dir = self._model_dir(name)
+        for item in plan.files:
+            if item.version is not None:
+                self.precheck(name, item.version, plan.overwrite)
+        undo = _Undo(model_dir)
+        if not model_dir.exists():
+            model_dir.mkdir(parents=True)
+            undo.created_model_dir = True
+            fsync_dir(model_dir.parent)
+        try:
+            if plan.config is not None:
+                self._replace_file(stage, model_dir / CONFIG_FILE, plan.config, undo)
+            if plan.labels is not None:
+                self._replace_file(stage, model_dir / LABELS_FILE, plan.labels.encode(), undo)
+            placed = [self._place_version(stage, plan, item, undo) for item in plan.files]
+            fsync_dir(model_dir)
+        except BaseException:
+            undo.revert()
+            raise
+        return undo, placed
+
+    def _replace_file(self, stage: Stage, target: Path, data: bytes, undo: _Undo) -> None:
+        staged = stage.path(f"new-{target.name}")
+        write_durably(staged, data)
+        previous = None
+        if target.is_file():
+            previous = stage.path(f"previous-{target.name}")
+            _keep_copy(target, previous)
+        os.replace(staged, target)
+        undo.files.append((target, previous))
+
+    def _place_version(
+        self, stage: Stage, plan: InstallPlan, item: VersionFile, undo: _Undo
+    ) -> tuple[int, bool]:
+        model_dir = undo.model_dir
+        version = item.version
+        if version is None:
+            # Claim the next number with an exclusive mkdir: replicas sharing the
+            # repository cannot both take it.
+            version = next_free_version(model_dir)
+            while True:
+                try:
+                    (model_dir / str(version)).mkdir()
+                    break
+                except FileExistsError:
+                    version += 1
+            undo.created_dirs.append(model_dir / str(version))
+        name = plan.name
+        version_dir = self.repository.version_dir(name, version)
+        if not version_dir.exists():
+            version_dir.mkdir()
+            undo.created_dirs.append(version_dir)
+        target = version_dir / MODEL_FILE
+        if target.exists() and plan.overwrite:
+            previous = stage.path(f"previous-{version}-{MODEL_FILE}")
+            _keep_copy(target, previous)
+            os.replace(item.path, target)
+            undo.files.append((target, previous))
+            replaced = True
+        else:
+            try:
+                _link_new(item.path, target)
+            except FileExistsError:
+                raise Conflict(
+                    f"model '{name}' already has version {version}; "
+                    "pass overwrite=true to replace it"
+                ) from None
+            undo.files.append((target, None))
+            replaced = False
+        fsync_dir(version_dir)
+        return version, replaced
+
+    # ---- delete ------------------------------------------------------------------------------
+
+    async def delete_model(self, name: str) -> None:
+        """Stop serving the model, then remove its folder once in-flight requests drained."""
+        name = validate_name(name)
+        async with self.lock(name):
+            directory = self.repository.model_dir(name)
+            if directory == self.repository.root:
+                raise Conflict("this repository holds a single model: delete its versions")
+            on_disk = directory.is_dir() and not directory.is_symlink()
+            known = any(s.name == name for s in self.registry.index())
+            if not on_disk and not known:
+                raise ModelNotFound(f"model '{name}' is not in the repository")
+            async with self.stage() as stage:
+                if on_disk:
+                    # Off its path at once (atomic); the files go when the stage is removed.
+                    await asyncio.to_thread(self._move_out, directory, stage.path("removed"))
+                await self._unload_quietly(name, None)
+                self.registry.forget(name)
+                self._changed(name)
+
+    async def delete_version(self, name: str, version: str | int) -> None:
+        """Remove one version: the policy's next choice loads first, then the old one drains."""
+        name = validate_name(name)
+        number = parse_version(version)
+        async with self.lock(name):
+            directory = self.repository.version_dir(name, number)
+            if directory == self.repository.root:
+                raise Conflict("this version is the repository itself and cannot be deleted")
+            if not (directory / MODEL_FILE).is_file() or directory.is_symlink():
+                raise ModelNotFound(f"model '{name}' has no version {number}")
+            was_live = bool(self._live_versions(name))
+            async with self.stage() as stage:
+                await asyncio.to_thread(self._move_out, directory, stage.path("removed"))
+                remaining = self.repository.versions(name)
+                if was_live and remaining:
+                    try:
+                        await self.registry.load(name)
+                    except ServingError as exc:
+                        log.warning("model %s after deleting v%d: %s", name, number, exc.message)
+                if number in self._live_versions(name) or not remaining:
+                    await self._unload_quietly(name, None if not remaining else number)
+                self.registry.forget(name, number)
+                if not remaining:
+                    self.registry.forget(name)
+                self._changed(name)
+
+    async def _unload_quietly(self, name: str, version: int | None) -> None:
+        try:
+            await self.registry.unload(name, version)
+        except ModelNotFound:
+            pass
+
+    @staticmethod
+    def _move_out(source: Path, target: Path) -> None:
+        os.rename(source, target)
+        fsync_dir(source.parent)
