@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +19,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from app.errors import ServingError
 
@@ -107,6 +111,36 @@ class RequestObservation:
         self._stats.compute_infer.add(seconds)
 
 
+def thread_count() -> int:
+    """OS threads of this process, onnxruntime's native ones included (Linux), else Python's."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+class RuntimeCollector(Collector):
+    """Threads and live onnxruntime sessions of this process, read at scrape time.
+
+    Both return to their baseline after a model is unloaded; a leak shows as growth.
+    """
+
+    def __init__(self, sessions: weakref.WeakSet[object]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "onnx_serve_process_threads",
+            "OS threads of this process, onnxruntime's included.",
+            value=thread_count(),
+        )
+        yield GaugeMetricFamily(
+            "onnx_serve_sessions",
+            "onnxruntime sessions alive in this process (serving, or retired but not yet freed).",
+            value=len(self._sessions),
+        )
+
+
 class Metrics:
     """Every series the service exports, registered on ``registry``."""
 
@@ -114,6 +148,9 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.stats: dict[tuple[str, str], ModelStats] = {}
         ProcessCollector(registry=self.registry)
+        # Sessions are held weakly: one that stays counted after its unload has leaked.
+        self.live_sessions: weakref.WeakSet[object] = weakref.WeakSet()
+        self.registry.register(RuntimeCollector(self.live_sessions))
         r = self.registry
         self.request_success = Counter(
             "onnx_serve_request_success",
@@ -263,4 +300,5 @@ class Metrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
         ProcessCollector(registry=merged)  # this worker's process only
+        merged.register(RuntimeCollector(self.live_sessions))
         return generate_latest(merged)

@@ -31,7 +31,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service and the access log."
     )
-    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log line format: text, or one JSON object a line."
+    )
+    access_log: bool = Field(
+        True, description="Log one line per request (at info level) with its request id."
+    )
     server_name: str = Field("onnx-serve", description="Name reported by GET /v2.")
 
     require_accelerator: bool = Field(

@@ -31,6 +31,8 @@ class SessionPool:
         for session in sessions:
             self._free.put(session)
         self.size = len(sessions)
+        #: The pool's sessions until it is retired (then empty, so they can be freed).
+        self.sessions: tuple[ort.InferenceSession, ...] = tuple(sessions)
         self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=label)
         self._active = 0
         self._lock = threading.Lock()
@@ -116,6 +118,7 @@ class SessionPool:
         with self._lock:
             self._closed = True
         self._executor.shutdown(wait=drained)
+        self.sessions = ()
         while not self._free.empty():
             self._free.get_nowait()
         return drained

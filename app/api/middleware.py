@@ -1,0 +1,170 @@
+"""Request middleware: request ids, the access log, in-flight counting and the drain gate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import ShuttingDown
+from app.log import ACCESS_LOGGER, current_request_id
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+REQUEST_ID_HEADER = b"x-request-id"
+# An id from the client is kept when it is 1-128 of these characters: enough for UUIDs,
+# ULIDs, base64 and trace headers, and nothing that could split or forge a log line.
+SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:;,=+/@-]{1,128}")
+# Paths served while draining: probes must keep answering and Prometheus keeps scraping.
+DRAIN_EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+MAX_LOGGED_PATH = 200
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a new random id."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            if SANE_REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+class InFlightRequests:
+    """How many requests are being served; a drain waits for the count to reach zero."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if ``timeout`` seconds passed first."""
+        if self.count == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _error_messages(status: int, message: str) -> tuple[Message, Message]:
+    body = orjson.dumps({"error": message})
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware around every HTTP request.
+
+    Gives the request an id (the client's ``X-Request-ID`` if sane, else a new one), echoes
+    it on the response, makes it the log context, writes one access log line, counts the
+    request as in flight, and while ``state.shutting_down`` is set answers new requests with
+    503 (responses then also say ``Connection: close``). An exception that escapes the app is
+    logged with the id and answered with a 500 here, so that even that response carries it.
+    """
+
+    def __init__(self, app: ASGIApp, *, state: State, inflight: InFlightRequests) -> None:
+        self.app = app
+        self.state = state
+        self.inflight = inflight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope["headers"])
+        encoded_id = request_id.encode("ascii")
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = current_request_id.set(request_id)
+        started = time.perf_counter()
+        counted = scope["path"] not in DRAIN_EXEMPT
+        response: dict[str, Any] = {"status": 0, "bytes": 0}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                headers.append((REQUEST_ID_HEADER, encoded_id))
+                if self.state.shutting_down:
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+                response["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                response["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            if counted and self.state.shutting_down:
+                error = ShuttingDown("the server is shutting down; retry on another instance")
+                for message in _error_messages(error.status, error.message):
+                    await send_with_id(message)
+                return
+            if counted:
+                self.inflight.enter()
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                if counted:
+                    self.inflight.leave()
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], _path(scope))
+            if response["status"] == 0:
+                for message in _error_messages(500, "internal server error"):
+                    await send_with_id(message)
+        finally:
+            _log_access(scope, response["status"], response["bytes"], started)
+            current_request_id.reset(token)
+
+
+def _path(scope: Scope) -> str:
+    # The raw path keeps percent-escapes, so a client cannot put a newline into the log.
+    raw = scope.get("raw_path")
+    path: str = raw.decode("latin-1") if raw else scope["path"]
+    return path[:MAX_LOGGED_PATH]
+
+
+def _log_access(scope: Scope, status: int, size: int, started: float) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    client = scope.get("client")
+    host = client[0] if client else "-"
+    path = _path(scope)
+    method = scope["method"]
+    access_log.info(
+        '%s "%s %s" %d %dB %.1fms',
+        host, method, path, status, size, duration_ms,
+        extra={
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "bytes": size,
+            "client": host,
+        },
+    )  # fmt: skip
