@@ -45,6 +45,7 @@ def named_inputs(model: ModelVersion, inputs: Any, limits: RequestLimits) -> tup
             expected = ", ".join(s.name for s in model.inputs)
             raise BadRequest(f"model '{model.name}' has no input '{name}' (inputs: {expected})")
         arrays[name] = _decode(spec, value, limits)
+    _check_total(arrays, limits)
     unbatched = model.batched and all(
         arrays[s.name].ndim == len(s.shape) - 1 for s in model.inputs if s.name in arrays
     )
@@ -79,7 +80,16 @@ def instances_inputs(model: ModelVersion, instances: Any, limits: RequestLimits)
         if len(column) != len(instances):
             raise BadRequest(f"input '{name}' is missing from some instances")
         arrays[name] = _decode(found, column if model.batched else column[0], limits)
+    _check_total(arrays, limits)
     return arrays
+
+
+def _check_total(arrays: Tensors, limits: RequestLimits) -> None:
+    total = sum(a.size for a in arrays.values())
+    if total > limits.max_elements:
+        raise BadRequest(
+            f"request has {total} tensor elements, over the limit of {limits.max_elements}"
+        )
 
 
 def predictions(model: ModelVersion, results: Tensors) -> list[Any]:
