@@ -61,7 +61,8 @@ def test_models_run_on_the_provider_asked_for(
     r = httpx.post(f"{server.url}/v2/models/{model}/infer", json=body)
     assert r.status_code == 200, r.text
     got = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(8, 4)
-    np.testing.assert_allclose(got, reference(x), rtol=1e-3, atol=1e-3)
+    # CUDA matmuls may use TF32, which keeps about 10 bits of mantissa.
+    np.testing.assert_allclose(got, reference(x), rtol=1e-2, atol=5e-2)
 
 
 def test_metrics_and_config_name_the_gpu(server: RunningServer) -> None:
