@@ -189,7 +189,7 @@ async def read_upload_form(
     max_file_bytes: int,
     on_file_start: Callable[[dict[str, str]], None] | None = None,
 ) -> UploadForm:
-    """Parse the multipart body, writing the ``file_field`` part to ``destination``.
+    """Parse the multipart body, writing the ``file_field`` part (if any) to ``destination``.
 
     ``on_file_start`` sees the fields sent before the file, so that a bad name or an
     existing version is refused before the file is received.
@@ -211,10 +211,9 @@ async def read_upload_form(
         parser.finalize()
         if not reader.ended:
             raise BadRequest("the multipart body ended before its closing boundary")
-        if reader.file is None:
-            raise BadRequest(f"the form has no '{file_field}' part")
-        await reader.file.flush()
-        await asyncio.to_thread(reader.file.finish_blocking)
+        if reader.file is not None:
+            await reader.file.flush()
+            await asyncio.to_thread(reader.file.finish_blocking)
     except FormParserError as exc:
         raise BadRequest(f"invalid multipart body: {exc}") from None
     except ClientDisconnect:
@@ -222,6 +221,7 @@ async def read_upload_form(
     finally:
         if reader.file is not None:
             reader.file.close()
-    reader.form.file_size = reader.file.size
-    reader.form.sha256 = reader.file.digest.hexdigest()
+    if reader.file is not None:
+        reader.form.file_size = reader.file.size
+        reader.form.sha256 = reader.file.digest.hexdigest()
     return reader.form

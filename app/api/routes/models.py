@@ -100,6 +100,8 @@ async def upload(request: Request, installer: InstallerDep, settings: SettingsDe
         )
         fields = form.fields
         _check_fields(fields)
+        if not form.has_file:
+            raise BadRequest("the form has no 'file' part")
         if "name" not in fields:
             raise BadRequest("the form has no 'name' field")
         plan = InstallPlan(
