@@ -170,9 +170,25 @@ def write_sample(
     print(f"wrote {target}", file=sys.stderr)
 
 
+def write_example_seven() -> None:
+    """docs/seven.png: the first held-out 7, saved as a person would (32x32, dark on light)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    _, held = digits_split(digits.target)
+    index = next(i for i in held if digits.target[i] == 7)
+    ink = np.rint(digits.images[index] * 255 / 16).astype(np.uint8)
+    target = HERE.parent / "docs" / "seven.png"
+    target.parent.mkdir(exist_ok=True)
+    Image.fromarray(np.kron(255 - ink, np.ones((4, 4), np.uint8))).save(target, optimize=True)
+    print(f"wrote {target}", file=sys.stderr)
+
+
 def main() -> None:
     write_sample("digits", digits_model(), [str(d) for d in range(10)], DIGITS_CONFIG)
     write_sample("colors", colors_model(), [name for name, _ in COLORS], COLORS_CONFIG)
+    write_example_seven()
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def describe(model: ModelVersion) -> dict[str, Any]:
     try:
         pre, post = plans(model)
     except BadRequest as exc:
-        return {"preprocess": None, "postprocess": None, "images": exc.message}
+        return {"preprocess": None, "postprocess": None, "images_unsupported": exc.message}
     return {"preprocess": pre.describe(), "postprocess": post.describe() if post else None}
 
 

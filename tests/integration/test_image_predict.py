@@ -365,3 +365,19 @@ def test_openapi_documents_every_form(client: httpx.Client) -> None:
     per_model = schema["paths"]["/v2/models/{model_name}/predict/image"]["post"]
     assert "multipart/form-data" in per_model["requestBody"]["content"]
     assert json.dumps(per_model).count("predictions") >= 1
+
+
+def test_readme_example_is_the_real_answer(client: httpx.Client) -> None:
+    readme = (SAMPLE_MODELS.parent / "README.md").read_text()
+    section = readme.split("## Images", 1)[1].split("\n## ", 1)[0]
+    assert "curl -s -F file=@seven.png -F model=digits localhost:8000/predict" in section
+    shown = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    seven = (SAMPLE_MODELS.parent / "docs" / "seven.png").read_bytes()
+    r = client.post("/predict", files={"file": ("seven.png", seven)}, data={"model": "digits"})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["predictions"][0][0]["label"] == "7"
+    strip = [[(e["label"], e["index"]) for e in row] for row in got["predictions"]]
+    assert strip == [[(e["label"], e["index"]) for e in row] for row in shown["predictions"]]
+    scores = [e["score"] for e in got["predictions"][0]]
+    assert scores == pytest.approx([e["score"] for e in shown["predictions"][0]], rel=1e-4)
