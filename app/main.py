@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,6 +17,7 @@ from app.api import errors
 from app.api.routes import health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
 from app.api.routes import models as model_routes
+from app.inference.batching import batcher_for
 from app.inference.service import InferenceService
 from app.metrics import Metrics, multiprocess_dir
 from app.protocol.schemas import component_schemas
@@ -82,7 +84,14 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     if settings.preload_cuda:
         preload_cuda_libraries()
     repo = open_repository(settings.model_repository, settings.model_name)
-    registry = ModelRegistry(repo, settings, metrics)
+    registry = ModelRegistry(
+        repo,
+        settings,
+        metrics,
+        batcher_factory=partial(
+            batcher_for, metrics=metrics, default_timeout_us=settings.default_timeout_us
+        ),
+    )
     service = InferenceService(registry, metrics, limits_from(settings))
 
     app = FastAPI(

@@ -106,3 +106,66 @@ def write_model(
     if labels is not None:
         (root / name / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
     return target
+
+
+def probe(width: int | str = "M", table_rows: int = 5) -> onnx.ModelProto:
+    """A batched model whose inputs steer it, for queueing and batching tests.
+
+    Inputs ``x`` [N, width] FP32, ``idx`` [N, 1] INT64 and ``spin`` [N, 1] INT64. Outputs
+    ``y`` = 2x + the row's sum (rows stay apart) and ``g`` = rows ``idx`` of a fixed
+    [table_rows, 3] table, so an index out of range makes the run fail. The run first loops
+    ``max(spin)`` times over a small matrix product, so ``spin`` makes it as slow as needed.
+    """
+    rng = np.random.default_rng(7)
+    table = np.arange(table_rows * 3, dtype=np.float32).reshape(table_rows, 3)
+    weight = (rng.standard_normal((48, 48)) / 7).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["s_in", "w"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["s_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "spin_body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [48, 48]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [48, 48]),
+        ],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["spin"], ["trips"], keepdims=0),
+            helper.make_node("Loop", ["trips", "keep_going", "s0"], ["s_final"], body=body),
+            helper.make_node("ReduceSum", ["s_final"], ["s_sum"], keepdims=0),
+            helper.make_node("Mul", ["s_sum", "zero"], ["nothing"]),
+            helper.make_node("ReduceSum", ["x", "axis1"], ["row_sum"], keepdims=1),
+            helper.make_node("Mul", ["x", "two"], ["x2"]),
+            helper.make_node("Add", ["x2", "row_sum"], ["y0"]),
+            helper.make_node("Add", ["y0", "nothing"], ["y"]),
+            helper.make_node("Gather", ["table", "idx"], ["g"], axis=0),
+        ],
+        "probe",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width]),
+            helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 1]),
+            helper.make_tensor_value_info("spin", TensorProto.INT64, ["N", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width]),
+            helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N", 1, 3]),
+        ],
+        initializer=[
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.eye(48, dtype=np.float32), "s0"),
+            numpy_helper.from_array(np.array(True), "keep_going"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+            numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        ],
+    )
+    return _model(graph)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hmac
+from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.types import Receive
 
 from app.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from app.inference.batching import disconnect_signal
 from app.inference.service import InferenceService
 from app.metrics import Metrics
 from app.registry.installer import ModelInstaller
@@ -98,11 +101,22 @@ def require_management(request: Request) -> None:
     _check_key(request, settings.management_api_key.get_secret_value(), "this endpoint")
 
 
-def require_inference(request: Request) -> None:
-    """Check the inference key when one is configured."""
+async def client_gone(receive: Receive) -> None:
+    """Return once the client has closed its connection (call after the body is read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def require_inference(request: Request) -> None:
+    """Check the inference key when one is configured; queued work may see a disconnect.
+
+    Async (unlike a plain check) so that it runs in the request's own task, without a
+    thread hop, and so that the disconnect signal it sets is the endpoint's.
+    """
     key = get_settings(request).inference_api_key
     if key is not None:
         _check_key(request, key.get_secret_value(), "inference")
+    disconnect_signal.set(partial(client_gone, request.receive))
 
 
 Management = Depends(require_management)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from app.errors import BadRequest, InferenceFailed, ServingError
+from app.inference.batching import DynamicBatcher, disconnect_signal
 from app.metrics import Metrics, RequestObservation
 from app.protocol.v2 import RequestLimits
 from app.registry.model import ModelVersion
@@ -104,10 +105,34 @@ class InferenceService:
         observation: RequestObservation,
         inputs: Tensors,
         outputs: list[str] | None = None,
+        *,
+        timeout_us: int | None = None,
     ) -> Tensors:
-        """Validate ``inputs`` and run them; returns the requested outputs by name."""
+        """Validate ``inputs`` and run them; returns the requested outputs by name.
+
+        With dynamic batching the request joins the model's queue, where ``timeout_us``
+        (else the model's or the server's default; 0 is none) bounds its wait.
+        """
         rows = validate_inputs(model, inputs)
         names = output_names(model, outputs)
+        batcher = model.batcher
+        if isinstance(batcher, DynamicBatcher):
+            try:
+                batched, queued, computed = await batcher.submit(
+                    inputs,
+                    names,
+                    rows,
+                    timeout_us=timeout_us,
+                    disconnected=disconnect_signal.get(),
+                )
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise runtime_error(exc) from None
+            # The batcher counted the session run (once for the whole batch).
+            observation.queued(queued)
+            observation.computed(computed)
+            return batched
         try:
             results, queued, computed = await model.pool.run(inputs, names)
         except ServingError:

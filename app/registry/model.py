@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -44,6 +46,13 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
+class RequestQueue(Protocol):
+    """What the registry needs of a version's request queue (the dynamic batcher)."""
+
+    async def close(self) -> None:
+        """Fail what is still queued once the pool is retired."""
+
+
 @dataclass
 class ModelVersion:
     """One live version of a model; immutable once ready except for its pool's state."""
@@ -63,6 +72,8 @@ class ModelVersion:
     load_seconds: float = 0.0
     warmup_seconds: float = 0.0
     extras: dict[str, object] = field(default_factory=dict)
+    #: The dynamic batcher in front of ``pool``, when the config enables one.
+    batcher: RequestQueue | None = None
 
     @property
     def provider(self) -> str:
@@ -118,11 +129,23 @@ def session_options(config: SessionConfig, threads: int) -> ort.SessionOptions:
     return options
 
 
+# Inputs whose fixed shapes need more than this a request are refused at load: no request
+# within the body limits could carry them, and zeros that large only exhaust memory.
+MAX_WARMUP_BYTES = 1 << 30
+
+
 def warmup_feeds(inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:
     """Zeros for every input, dynamic dimensions set to ``batch`` (first) or 1."""
     feeds: dict[str, np.ndarray] = {}
+    size = 0
     for spec in inputs:
         shape = tuple((batch if i == 0 else 1) if d == -1 else d for i, d in enumerate(spec.shape))
+        size += math.prod(shape) * spec.dtype.itemsize
+        if size > MAX_WARMUP_BYTES:
+            raise InvalidModel(
+                f"input '{spec.name}' has the fixed shape {list(spec.shape)}: the inputs of one "
+                f"request would take over {MAX_WARMUP_BYTES >> 20} MiB"
+            )
         if spec.datatype == "BYTES":
             feeds[spec.name] = np.full(shape, "", dtype=np.object_)
         else:

@@ -6,8 +6,9 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +16,7 @@ import onnxruntime as ort
 from app.errors import ModelNotReady
 
 Feeds = dict[str, np.ndarray]
+T = TypeVar("T")
 
 
 class SessionPool:
@@ -80,6 +82,21 @@ class SessionPool:
             return result, started - submitted, compute
         finally:
             self._leave()
+
+    def submit(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+        """Start ``fn(*args)`` on the pool's threads (it may call ``run_blocking``).
+
+        Counted as in flight until it ends, like ``run``; the caller keeps at most ``size``
+        of these running so that ``fn`` finds a free session at once.
+        """
+        self._enter()
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except BaseException:
+            self._leave()
+            raise
+        future.add_done_callback(lambda _: self._leave())
+        return future
 
     def _timed(
         self, feeds: Feeds, outputs: list[str] | None

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from app.api.deps import Inference, RegistryDep, ServiceDep, read_body
 from app.api.responses import error_response, json_response
 from app.errors import ServingError
+from app.inference.batching import timeout_parameter
 from app.inference.images import describe as image_processing
 from app.protocol import binary
 from app.protocol.datatypes import V2_TO_TRITON_CONFIG
@@ -202,7 +203,10 @@ async def infer(
         body = await read_body(request, service.limits.max_request_bytes)
         decoded = parse_infer_request(body, header_length, service.limits)
         wanted = [o.name for o in decoded.outputs] if decoded.outputs is not None else None
-        results = await service.run(model, observation, decoded.inputs, wanted)
+        timeout_us = timeout_parameter(decoded.parameters.get("timeout"))
+        results = await service.run(
+            model, observation, decoded.inputs, wanted, timeout_us=timeout_us
+        )
         content, json_length = encode_infer_response(
             model.name, str(model.version), results, decoded
         )
