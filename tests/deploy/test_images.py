@@ -244,19 +244,25 @@ def image_environment(dockerfile: Dockerfile, paths: dict[str, str], port: int) 
     }
 
 
-def digits_request(count: int = 16) -> tuple[dict[str, object], np.ndarray]:
-    """A v2 request for the first ``count`` of scikit-learn's bundled digits, and their labels."""
+def held_digits(count: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` of scikit-learn's bundled digits as the model's input, and labels."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = (digits.images[:count] / 16.0).astype(np.float32).reshape(count, 1, 8, 8)
-    request = {
-        "inputs": [
-            {"name": "image", "shape": list(images.shape), "datatype": "FP32",
-             "data": images.ravel().tolist()}
-        ]
-    }  # fmt: skip
-    return request, digits.target[:count]
+    return images, digits.target[:count]
+
+
+def digits_request(count: int = 16) -> tuple[dict[str, object], np.ndarray]:
+    """A v2 JSON request for :func:`held_digits`, and their labels."""
+    images, labels = held_digits(count)
+    tensor = {
+        "name": "image",
+        "shape": list(images.shape),
+        "datatype": "FP32",
+        "data": images.ravel().tolist(),
+    }
+    return {"inputs": [tensor]}, labels
 
 
 def test_cpu_image_installs_and_serves_the_sample(cpu_image: dict[str, Path]) -> None:
