@@ -8,6 +8,8 @@ import numpy as np
 
 from app.errors import BadRequest
 
+# numpy arrays have at most 32 dimensions in numpy 1 (64 in numpy 2).
+MAX_DIMS = 32
 _INT_KINDS = ("i", "u")
 _ACCEPTED_KINDS: dict[str, tuple[str, ...]] = {
     "b": ("b",),
@@ -22,7 +24,9 @@ def parse_shape(value: Any, name: str, max_elements: int) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in value
     ):
-        raise BadRequest(f"input '{name}': shape must be a list of integers, got {value!r}")
+        raise BadRequest(f"input '{name}': shape must be a list of integers, got {value!r:.80}")
+    if len(value) > MAX_DIMS:
+        raise BadRequest(f"input '{name}': shape has {len(value)} dimensions, over {MAX_DIMS}")
     if any(d < 0 for d in value):
         raise BadRequest(f"input '{name}': shape {value} has a negative dimension")
     count = 1
@@ -31,6 +35,12 @@ def parse_shape(value: Any, name: str, max_elements: int) -> tuple[int, ...]:
     if count > max_elements:
         raise BadRequest(
             f"input '{name}': shape {value} has {count} elements, over the limit {max_elements}"
+        )
+    # Each dimension on its own too: with a 0 elsewhere a huge one passes the product check
+    # and then overflows numpy's sizes.
+    if any(d > max_elements for d in value):
+        raise BadRequest(
+            f"input '{name}': shape {value} has a dimension over the limit of {max_elements}"
         )
     return tuple(value)
 
@@ -74,7 +84,8 @@ def decode_json_tensor(
     if dtype == np.uint64 and raw.dtype.kind in ("f", "O"):
         # Values past INT64_MAX make numpy guess float64 or object: keep them exact.
         raw = _exact_uint64(data, name)
-    if raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+    # An empty list parses as float64 whatever the tensor's type: nothing to check then.
+    if raw.size and raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
         got = "strings" if raw.dtype.kind in ("U", "S") else f"values of kind {raw.dtype.name}"
         if raw.dtype.kind == "O":
             got = "mixed or ragged values"

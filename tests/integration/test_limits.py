@@ -141,6 +141,10 @@ def test_tensor_elements_v2_json_and_binary(server: RunningServer) -> None:
     # A shape that claims many elements is refused before any data is looked at.
     huge = {"name": "x", "shape": [2**40, 16], "datatype": "FP32", "data": [0.5]}
     assert_refused(post(server, "/v2/models/mlp/infer", {"inputs": [huge]}), 400, "limit")
+    # Zero elements, but dimensions numpy cannot hold (these were 500s).
+    for shape in ([2**63, 0], [0, 2**64 - 1]):
+        empty = {"name": "x", "shape": shape, "datatype": "FP32", "data": []}
+        assert_refused(post(server, "/v2/models/mlp/infer", {"inputs": [empty]}), 400, "over")
     header = json.dumps(
         {
             "inputs": [
