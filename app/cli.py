@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from types import FrameType
 
+from app.log import configure_logging
 from app.settings import Settings
 
 # Flags of `serve` and the settings they set (through the environment, so that every worker
@@ -21,7 +23,16 @@ SERVE_FLAGS = {
     "port": "port",
     "workers": "workers",
     "log_level": "log_level",
+    "log_format": "log_format",
 }
+
+
+# Seconds uvicorn waits for connections after the app has drained before cancelling them.
+FINAL_CLOSE_SECONDS = 1
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -30,9 +41,10 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[f"ONNX_SERVE_{field.upper()}"] = str(value)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    # uvicorn re-raises the signal that stopped it once its graceful shutdown is done (the
+    # drain, see app/api/shutdown.py); by then the work is finished, so exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="onnx-serve-metrics-")
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -52,7 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        log_config=None,
+        access_log=False,
+        # The app's drain already gave in-flight requests the grace period.
+        timeout_graceful_shutdown=FINAL_CLOSE_SECONDS,
     )
     return 0
 
@@ -72,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default: 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: 1)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"], help="log lines (default: text)")
     serve.set_defaults(func=_serve)
     check = commands.add_parser(
         "check", help="validate a model file offline and print its signature or the reason"

@@ -14,11 +14,14 @@ from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.api import errors
+from app.api.middleware import InFlightRequests, RequestContextMiddleware
 from app.api.routes import health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
 from app.api.routes import models as model_routes
+from app.api.shutdown import drain_on_signals
 from app.inference.batching import batcher_for
 from app.inference.service import InferenceService
+from app.log import configure_logging
 from app.metrics import Metrics, multiprocess_dir
 from app.protocol.schemas import component_schemas
 from app.protocol.v2 import RequestLimits
@@ -65,13 +68,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if watcher is not None:
         watcher.start()
     app.state.ready = True
+    restore_signals = drain_on_signals(
+        app.state, app.state.inflight, settings.shutdown_grace_seconds
+    )
     try:
         yield
     finally:
+        restore_signals()
         app.state.shutting_down = True
         if watcher is not None:
             await watcher.stop()
+        closing = len(registry.live())
         await registry.close()
+        log.info("shut down: closed the sessions of %d model versions", closing)
         if multiprocess_dir() is not None:
             from prometheus_client import multiprocess
 
@@ -109,6 +118,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         installer.on_change = app.state.watcher.refresh
     app.state.ready = False
     app.state.shutting_down = False
+    app.state.inflight = InFlightRequests()
+    app.add_middleware(RequestContextMiddleware, state=app.state, inflight=app.state.inflight)
     errors.install(app)
     app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, predict, images, metrics_routes):
@@ -135,4 +146,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn (``--factory``): settings from the environment."""
-    return create_app(Settings())
+    settings = Settings()
+    # Each worker process builds its app here, so each sets up its own logging.
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    return create_app(settings)
