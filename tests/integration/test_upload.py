@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 from collections.abc import Iterator
@@ -245,3 +246,41 @@ def test_model_list_shows_states(client: httpx.Client, repo: Path) -> None:
     assert models["broken"]["state"] == "UNAVAILABLE"
     assert "could not load the model" in models["broken"]["reason"]
     assert client.delete("/models/broken").status_code == 200
+
+
+def answer_before_the_file(server: RunningServer, fields: dict[str, str]) -> tuple[int, str]:
+    """Send the fields and the start of a large file part, then read the answer at once."""
+    boundary = "early-boundary"
+    head = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    head += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="m.onnx"\r\n\r\n'
+    ).encode() + b"\x00" * 4096
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.putrequest("POST", "/models")
+        connection.putheader("X-API-Key", KEY)
+        connection.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+        connection.putheader("Content-Length", str(len(head) + UPLOAD_LIMIT - 100))
+        connection.endheaders(head)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_bad_names_and_taken_versions_are_refused_before_the_file_arrives(
+    server: RunningServer, client: httpx.Client, repo: Path
+) -> None:
+    assert upload(client, "early", model_bytes(), version="1").status_code == 201
+    before = snapshot(repo)
+    status, body = answer_before_the_file(server, {"name": "../early"})
+    assert status == 400 and "invalid model name" in body
+    status, body = answer_before_the_file(server, {"name": "early", "version": "1"})
+    assert status == 409 and "overwrite=true" in body
+    status, body = answer_before_the_file(server, {"name": "early", "colour": "red"})
+    assert status == 400 and "unknown form field 'colour'" in body
+    assert snapshot(repo) == before
+    assert staging_entries(repo) == []
