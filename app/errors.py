@@ -68,6 +68,13 @@ class InvalidModel(ServingError):
     reason = "invalid_model"
 
 
+class InsufficientStorage(ServingError):
+    """The model repository has no room (or no write access) for an upload."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+    reason = "insufficient_storage"
+
+
 class QueueFull(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     reason = "queue_full"

@@ -9,13 +9,8 @@ import re
 from typing import Any
 
 from app.errors import BadRequest, ModelNotFound, PayloadTooLarge
-from app.registry.installer import (
-    InstalledVersion,
-    InstallPlan,
-    ModelInstaller,
-    VersionFile,
-    write_durably,
-)
+from app.registry.atomic_files import write_durably
+from app.registry.installer import InstalledVersion, InstallPlan, ModelInstaller, VersionFile
 from app.registry.repository import validate_name
 from app.registry.triton_config import config_from_load
 

@@ -20,7 +20,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from app.errors import BadRequest, InsufficientStorage, PayloadTooLarge, UnsupportedMediaType
 
 FLUSH_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 1024 * 1024
@@ -49,7 +49,10 @@ class _FilePart:
 
     def write_blocking(self, data: bytes) -> None:
         self.digest.update(data)
-        self.file.write(data)
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise InsufficientStorage(f"the upload could not be stored: {exc.strerror}") from None
 
     async def flush(self) -> None:
         if self.buffer:
@@ -58,8 +61,11 @@ class _FilePart:
             await asyncio.to_thread(self.write_blocking, data)
 
     def finish_blocking(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as exc:
+            raise InsufficientStorage(f"the upload could not be stored: {exc.strerror}") from None
         self.file.close()
 
     def close(self) -> None:

@@ -9,17 +9,23 @@ An install whose load fails is undone: its files leave and the versions serving 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.errors import Conflict, InvalidModel, ModelNotFound, ServingError
+from app.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidModel,
+    ModelNotFound,
+    ServingError,
+)
+from app.registry.atomic_files import Undo, fsync_dir, keep_copy, link_new, write_durably
 from app.registry.model import ModelVersion
 from app.registry.registry import ModelRegistry, ModelState
 from app.registry.repository import (
@@ -35,44 +41,7 @@ from app.registry.validation import ModelSignature, validate_model_file
 
 log = logging.getLogger(__name__)
 
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or link inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file and fsync it."""
-    with open(path, "xb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _keep_copy(source: Path, copy: Path) -> None:
-    """Keep ``source``'s current content at ``copy`` (a hard link when the filesystem allows)."""
-    try:
-        os.link(source, copy)
-    except OSError:
-        shutil.copy2(source, copy)
-
-
-def _link_new(source: Path, target: Path) -> None:
-    """Put ``source`` at ``target`` unless something is already there (atomic when linkable)."""
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        if target.exists():  # no hard links here: check, then rename
-            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
-        os.replace(source, target)
+MAX_VERSION = 10**18 - 1  # the most digits a version may have (see VERSION_PATTERN)
 
 
 class Stage:
@@ -134,36 +103,11 @@ class InstalledVersion:
         }
 
 
-@dataclass
-class _Undo:
-    """How to put the repository back as it was before a failed install."""
-
-    model_dir: Path
-    created_model_dir: bool = False
-    # (live file, copy of its previous content or None when it did not exist)
-    files: list[tuple[Path, Path | None]] = field(default_factory=list)
-    created_dirs: list[Path] = field(default_factory=list)
-
-    def revert(self) -> None:
-        for target, previous in reversed(self.files):
-            if previous is not None:
-                os.replace(previous, target)
-            else:
-                target.unlink(missing_ok=True)
-        for directory in [*reversed(self.created_dirs)] + (
-            [self.model_dir] if self.created_model_dir else []
-        ):
-            with suppress(OSError):
-                directory.rmdir()
-        with suppress(OSError):
-            fsync_dir(self.model_dir)
-
-
 def next_free_version(model_dir: Path) -> int:
     """One more than the highest numbered folder (files or not) of the model."""
-    numbers = [
-        int(p.name) for p in model_dir.iterdir() if VERSION_PATTERN.fullmatch(p.name)
-    ] if model_dir.is_dir() else []  # fmt: skip
+    if not model_dir.is_dir():
+        return 1
+    numbers = [int(p.name) for p in model_dir.iterdir() if VERSION_PATTERN.fullmatch(p.name)]
     return max(numbers, default=0) + 1
 
 
@@ -191,7 +135,12 @@ class ModelInstaller:
     @asynccontextmanager
     async def stage(self) -> AsyncIterator[Stage]:
         """A staging folder, removed (with whatever is left in it) when the block ends."""
-        directory = await asyncio.to_thread(self.repository.new_staging_entry)
+        try:
+            directory = await asyncio.to_thread(self.repository.new_staging_entry)
+        except OSError as exc:
+            raise InsufficientStorage(
+                f"the model repository cannot be written: {exc.strerror}"
+            ) from None
         try:
             yield Stage(directory)
         finally:
@@ -292,14 +241,14 @@ class ModelInstaller:
                 return f"model '{name}' version {version} failed to load: {reason}"
         return None
 
-    def _place(self, stage: Stage, plan: InstallPlan) -> tuple[_Undo, list[tuple[int, bool]]]:
+    def _place(self, stage: Stage, plan: InstallPlan) -> tuple[Undo, list[tuple[int, bool]]]:
         """Move the staged files into the repository (blocking); returns how to undo it."""
         name = plan.name
         model_dir = self._model_dir(name)
         for item in plan.files:
             if item.version is not None:
                 self.precheck(name, item.version, plan.overwrite)
-        undo = _Undo(model_dir)
+        undo = Undo(model_dir)
         if not model_dir.exists():
             model_dir.mkdir(parents=True)
             undo.created_model_dir = True
@@ -316,18 +265,18 @@ class ModelInstaller:
             raise
         return undo, placed
 
-    def _replace_file(self, stage: Stage, target: Path, data: bytes, undo: _Undo) -> None:
+    def _replace_file(self, stage: Stage, target: Path, data: bytes, undo: Undo) -> None:
         staged = stage.path(f"new-{target.name}")
         write_durably(staged, data)
         previous = None
         if target.is_file():
             previous = stage.path(f"previous-{target.name}")
-            _keep_copy(target, previous)
+            keep_copy(target, previous)
         os.replace(staged, target)
         undo.files.append((target, previous))
 
     def _place_version(
-        self, stage: Stage, plan: InstallPlan, item: VersionFile, undo: _Undo
+        self, stage: Stage, plan: InstallPlan, item: VersionFile, undo: Undo
     ) -> tuple[int, bool]:
         model_dir = undo.model_dir
         version = item.version
@@ -336,6 +285,8 @@ class ModelInstaller:
             # repository cannot both take it.
             version = next_free_version(model_dir)
             while True:
+                if version > MAX_VERSION:
+                    raise Conflict(f"model '{plan.name}' has no version numbers left")
                 try:
                     (model_dir / str(version)).mkdir()
                     break
@@ -350,13 +301,13 @@ class ModelInstaller:
         target = version_dir / MODEL_FILE
         if target.exists() and plan.overwrite:
             previous = stage.path(f"previous-{version}-{MODEL_FILE}")
-            _keep_copy(target, previous)
+            keep_copy(target, previous)
             os.replace(item.path, target)
             undo.files.append((target, previous))
             replaced = True
         else:
             try:
-                _link_new(item.path, target)
+                link_new(item.path, target)
             except FileExistsError:
                 raise Conflict(
                     f"model '{name}' already has version {version}; "

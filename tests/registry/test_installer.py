@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from app.errors import Conflict, InvalidModel, ModelNotFound, ServingError
+from app.errors import Conflict, InsufficientStorage, InvalidModel, ModelNotFound, ServingError
 from app.metrics import Metrics
 from app.registry.installer import InstallPlan, ModelInstaller, VersionFile, next_free_version
 from app.registry.registry import ModelRegistry
@@ -230,3 +230,15 @@ def test_staging_cleanup_removes_only_abandoned_entries(tmp_path: Path) -> None:
     repo.clean_staging()
     left = {p.name for p in (tmp_path / ".staging").iterdir()}
     assert left == {entries["alive"].name, entries["other-fresh"].name}
+
+
+def test_an_unwritable_repository_is_reported_not_crashed(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    installer = make_installer(tmp_path / "file" / "models")
+
+    async def scenario() -> None:
+        with pytest.raises(InsufficientStorage, match="cannot be written"):
+            async with installer.stage():
+                pass
+
+    run(scenario)

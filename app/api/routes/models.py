@@ -18,7 +18,7 @@ from app.registry.repository import parse_version, validate_name
 
 router = APIRouter(tags=["models"], dependencies=[Management])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 507)
 }
 FORM_FIELDS = ("file", "name", "version", "config", "labels", "overwrite")
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
