@@ -23,12 +23,16 @@ from app.inference.image_plan import Invert
 from app.inference.images import ImageOptions, predict_images
 from app.inference.postprocessing import MAX_TOP_K
 from app.inference.preprocessing import MEDIA_TYPES, SUPPORTED
+from app.inference.service import InferenceService
 from app.protocol.schemas import PREDICT_EXAMPLE, ErrorBody
 from app.protocol.v2 import loads_object
+from app.settings import Settings
 
 router = APIRouter(tags=["images"])
 
 MULTIPART = "multipart/form-data"
+#: The canonical media type of each accepted format, as OpenAPI lists them.
+IMAGE_TYPES = sorted({m for m, f in MEDIA_TYPES.items() if m == f"image/{f.lower()}"})
 OPTION_NAMES = ("top_k", "raw", "invert")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -127,10 +131,19 @@ def image_content(with_model: bool) -> dict[str, Any]:
                 "required": ["file", "model"] if with_model else ["file"],
                 "properties": properties,
             },
+            "encoding": {"file": {"contentType": ", ".join(IMAGE_TYPES)}},
+            "example": {
+                **({"model": "digits"} if with_model else {}),
+                "file": ["(the bytes of seven.png)"],
+                "top_k": 3,
+            },
         }
     }
-    for media_type in sorted({m for m, f in MEDIA_TYPES.items() if m == f"image/{f.lower()}"}):
-        content[media_type] = {"schema": {"type": "string", "format": "binary"}}
+    for media_type in IMAGE_TYPES:
+        content[media_type] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "The encoded image; options go in the query.",
+        }
     return content
 
 
@@ -325,8 +338,8 @@ def read_document(doc: Mapping[str, Any], request: Request) -> ImageRequest:
 
 async def answer(
     parsed: ImageRequest,
-    service: ServiceDep,
-    settings: SettingsDep,
+    service: InferenceService,
+    settings: Settings,
     path_name: str | None = None,
     path_version: str | None = None,
 ) -> Response:
@@ -348,7 +361,7 @@ async def answer(
 
 
 async def predict_request(
-    request: Request, service: ServiceDep, settings: SettingsDep, doc: Mapping[str, Any] | None
+    request: Request, service: InferenceService, settings: Settings, doc: Mapping[str, Any] | None
 ) -> Response:
     """/predict's image forms: ``doc`` is the parsed JSON body, or None for uploads."""
     if doc is None:
