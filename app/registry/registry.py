@@ -142,8 +142,9 @@ class ModelRegistry:
                 versions = self.repository.select_versions(name, config.version_policy)
                 labels = self.repository.labels(name)
             except ServingError as exc:
-                if not self._live.get(name):
-                    # A model already serving keeps its status; a broken new one shows why.
+                # A model already serving keeps its status; a broken new one shows why (a name
+                # that is not in the repository leaves no trace).
+                if not self._live.get(name) and not isinstance(exc, ModelNotFound):
                     self._status[name] = {
                         "": VersionStatus(name, "", ModelState.UNAVAILABLE, exc.message)
                     }

@@ -246,6 +246,10 @@ def test_model_list_shows_states(client: httpx.Client, repo: Path) -> None:
     assert models["broken"]["state"] == "UNAVAILABLE"
     assert "could not load the model" in models["broken"]["reason"]
     assert client.delete("/models/broken").status_code == 200
+    # Asking for a model that is not there leaves no trace in the lists.
+    assert client.post("/v2/repository/models/phantom/load").status_code == 404
+    assert all(m["name"] != "phantom" for m in client.get("/models").json()["models"])
+    assert all(e["name"] != "phantom" for e in client.post("/v2/repository/index").json())
 
 
 def answer_before_the_file(server: RunningServer, fields: dict[str, str]) -> tuple[int, str]:
