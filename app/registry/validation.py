@@ -216,6 +216,9 @@ def validate_model_file(path: Path) -> ModelSignature:
     model = _load_proto(path)
     check_external_data(model, path.parent)
     opsets = check_opsets(model)
+    ir_version = int(model.ir_version)
+    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
+    del model  # the checker and the session read the file themselves: free the copy first
     _check_structure(path)
     session = _test_session(path)
     inputs = [_spec(arg) for arg in session.get_inputs()]
@@ -228,6 +231,6 @@ def validate_model_file(path: Path) -> ModelSignature:
         inputs=inputs,
         outputs=outputs,
         opsets=opsets,
-        ir_version=int(model.ir_version),
-        producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
+        ir_version=ir_version,
+        producer=producer,
     )
