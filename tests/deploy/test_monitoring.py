@@ -34,7 +34,7 @@ MODELS = ("digits", "faulty", "fallback", "retired")
 JOB = "onnx-serve"
 KEY = "monitoring-test-key"
 # What Grafana would put in place of its variables for this stack.
-VARIABLES = {"$__rate_interval": "1m", "$model": "|".join(MODELS), "$job": JOB}
+VARIABLES = {"$__rate_interval": "5m", "$model": "|".join(MODELS), "$job": JOB}
 THRESHOLD = re.compile(r"^(?P<signal>.*\S)\s*(?:>|<|==|!=|>=|<=)\s*[0-9.]+\s*$", re.DOTALL)
 
 
