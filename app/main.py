@@ -101,7 +101,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             batcher_for, metrics=metrics, default_timeout_us=settings.default_timeout_us
         ),
     )
-    service = InferenceService(registry, metrics, limits_from(settings))
+    service = InferenceService(
+        registry, metrics, limits_from(settings), default_timeout_us=settings.default_timeout_us
+    )
 
     app = FastAPI(
         title="onnx-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan

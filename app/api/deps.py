@@ -7,10 +7,11 @@ from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from app.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
-from app.inference.batching import disconnect_signal
+from app.inference.batching import ClientDisconnected, disconnect_signal
 from app.inference.service import InferenceService
 from app.metrics import Metrics
 from app.registry.installer import ModelInstaller
@@ -62,11 +63,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit}")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client's doing, not a server fault (nobody will read this answer anyway).
+        raise ClientDisconnected("the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 

@@ -11,21 +11,28 @@ from typing import Any
 
 import orjson
 from starlette.datastructures import State
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ShuttingDown
+from app.errors import BadRequest, ServingError, ShuttingDown
+from app.inference.service import requested_timeout_us
 from app.log import ACCESS_LOGGER, current_request_id
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID_HEADER = b"x-request-id"
+#: A request's own queue timeout in microseconds (like v2 ``parameters.timeout``; 0: none).
+TIMEOUT_HEADER = b"x-request-timeout-us"
+TIMEOUT_VALUE = re.compile(rb"[0-9]{1,18}")
 # An id from the client is kept when it is 1-128 of these characters: enough for UUIDs,
 # ULIDs, base64 and trace headers, and nothing that could split or forge a log line.
 SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:;,=+/@-]{1,128}")
 # Paths served while draining: probes must keep answering and Prometheus keeps scraping.
 DRAIN_EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 MAX_LOGGED_PATH = 200
+# The access log's status for a request whose client left before any answer (as nginx does).
+CLIENT_CLOSED = 499
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -36,6 +43,18 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
                 return value.decode("ascii")
             break
     return uuid.uuid4().hex
+
+
+def timeout_from(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The ``X-Request-Timeout-Us`` header as an integer, if present; 400 when malformed."""
+    for name, value in headers:
+        if name == TIMEOUT_HEADER:
+            if TIMEOUT_VALUE.fullmatch(value.strip()) is None:
+                raise BadRequest(
+                    "X-Request-Timeout-Us must be a non-negative integer of microseconds"
+                )
+            return int(value)
+    return None
 
 
 class InFlightRequests:
@@ -85,8 +104,10 @@ class RequestContextMiddleware:
     Gives the request an id (the client's ``X-Request-ID`` if sane, else a new one), echoes
     it on the response, makes it the log context, writes one access log line, counts the
     request as in flight, and while ``state.shutting_down`` is set answers new requests with
-    503 (responses then also say ``Connection: close``). An exception that escapes the app is
-    logged with the id and answered with a 500 here, so that even that response carries it.
+    503 (responses then also say ``Connection: close``). It also reads the request's own queue
+    timeout from ``X-Request-Timeout-Us`` (400 when malformed) for the inference service. An
+    exception that escapes the app is logged with the id and answered with a 500 here, so that
+    even that response carries it.
     """
 
     def __init__(self, app: ASGIApp, *, state: State, inflight: InFlightRequests) -> None:
@@ -118,10 +139,17 @@ class RequestContextMiddleware:
                 response["bytes"] += len(message.get("body", b""))
             await send(message)
 
+        timeout_token = None
         try:
             if counted and self.state.shutting_down:
                 error = ShuttingDown("the server is shutting down; retry on another instance")
                 for message in _error_messages(error.status, error.message):
+                    await send_with_id(message)
+                return
+            try:
+                timeout_token = requested_timeout_us.set(timeout_from(scope["headers"]))
+            except ServingError as exc:
+                for message in _error_messages(exc.status, exc.message):
                     await send_with_id(message)
                 return
             if counted:
@@ -131,6 +159,11 @@ class RequestContextMiddleware:
             finally:
                 if counted:
                     self.inflight.leave()
+        except ClientDisconnect:
+            # The client left before the app read its body: no answer can reach it.
+            log.info("client disconnected during %s %s", scope["method"], _path(scope))
+            if response["status"] == 0:
+                response["status"] = CLIENT_CLOSED
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], _path(scope))
             if response["status"] == 0:
@@ -138,6 +171,8 @@ class RequestContextMiddleware:
                     await send_with_id(message)
         finally:
             _log_access(scope, response["status"], response["bytes"], started)
+            if timeout_token is not None:
+                requested_timeout_us.reset(timeout_token)
             current_request_id.reset(token)
 
 

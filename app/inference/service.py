@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 
 from app.errors import BadRequest, InferenceFailed, ServingError
-from app.inference.batching import DynamicBatcher, disconnect_signal
+from app.inference.batching import ClientDisconnected, DynamicBatcher, disconnect_signal
 from app.metrics import Metrics, RequestObservation
 from app.protocol.v2 import RequestLimits
 from app.registry.model import ModelVersion
 from app.registry.registry import ModelRegistry
+from app.registry.session_pool import RunAbandoned
 
 Tensors = dict[str, np.ndarray]
+
+# The request's own queue timeout (microseconds) from a header, set by the API layer for the
+# request's task; an explicit ``timeout_us`` (v2 ``parameters.timeout``) takes precedence.
+requested_timeout_us: ContextVar[int | None] = ContextVar("requested_timeout_us", default=None)
 
 # onnxruntime's error classes for bad inputs (as opposed to faults of the model or runtime).
 _ORT_CLIENT_ERRORS = {"InvalidArgument", "InvalidGraph", "NotImplemented"}
@@ -80,10 +86,18 @@ def runtime_error(exc: Exception) -> ServingError:
 class InferenceService:
     """Runs validated requests on the registry's models and reports them to metrics."""
 
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, limits: RequestLimits) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        limits: RequestLimits,
+        default_timeout_us: int = 0,
+    ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.limits = limits
+        #: Queue timeout of requests that set none, for models without a batcher (0: none).
+        self.default_timeout_us = default_timeout_us
 
     @contextmanager
     def request(
@@ -111,10 +125,14 @@ class InferenceService:
         """Validate ``inputs`` and run them; returns the requested outputs by name.
 
         With dynamic batching the request joins the model's queue, where ``timeout_us``
-        (else the model's or the server's default; 0 is none) bounds its wait.
+        (else the model's or the server's default; 0 is none) bounds its wait. Without, the
+        same bounds the wait for a free session. ``timeout_us`` defaults to the request's
+        header (``requested_timeout_us``).
         """
         rows = validate_inputs(model, inputs)
         names = output_names(model, outputs)
+        if timeout_us is None:
+            timeout_us = requested_timeout_us.get()
         batcher = model.batcher
         if isinstance(batcher, DynamicBatcher):
             try:
@@ -133,10 +151,18 @@ class InferenceService:
             observation.queued(queued)
             observation.computed(computed)
             return batched
+        wait_us = self.default_timeout_us if timeout_us is None else timeout_us
         try:
-            results, queued, computed = await model.pool.run(inputs, names)
+            results, queued, computed = await model.pool.run(
+                inputs,
+                names,
+                queue_timeout=wait_us / 1e6 if wait_us > 0 else None,
+                abandoned=disconnect_signal.get(),
+            )
         except ServingError:
             raise
+        except RunAbandoned as exc:
+            raise ClientDisconnected(str(exc)) from None
         except Exception as exc:
             raise runtime_error(exc) from None
         observation.queued(queued)

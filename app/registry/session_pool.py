@@ -6,17 +6,59 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from asyncio import FIRST_COMPLETED
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
-from app.errors import ModelNotReady
+from app.errors import ModelNotReady, QueueTimeout
 
 Feeds = dict[str, np.ndarray]
 T = TypeVar("T")
+
+
+class RunAbandoned(Exception):
+    """A run left the queue because its client went away (nobody would read the result)."""
+
+
+# Runs that started at once watch their client only after this many seconds.
+WATCH_RUNS_AFTER = 0.05
+
+
+class _ClientWatch:
+    """Waits for a request's client to leave; its run, if any, is then told to terminate."""
+
+    def __init__(self, abandoned: Callable[[], Awaitable[object]], options: ort.RunOptions) -> None:
+        self._abandoned = abandoned
+        self._options = options
+        self._timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.gone = False
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._watch())
+
+    def start_later(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self._timer = loop.call_later(delay, self.start)
+
+    async def _watch(self) -> None:
+        try:
+            await self._abandoned()
+        except Exception:  # a failed watch means the connection is unusable too
+            pass
+        self.gone = True
+        # onnxruntime checks this between nodes (and loop iterations): the run stops soon.
+        self._options.terminate = True
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
 
 class SessionPool:
@@ -43,6 +85,8 @@ class SessionPool:
         self._retired = False
         self._closed = False
         self._busy = 0
+        # Runs submitted through ``run`` and not finished (touched on the event loop only).
+        self._runs = 0
 
     @property
     def active(self) -> int:
@@ -55,33 +99,95 @@ class SessionPool:
         return self._busy < self.size
 
     def run_blocking(
-        self, feeds: Feeds, outputs: list[str] | None
+        self,
+        feeds: Feeds,
+        outputs: list[str] | None,
+        options: ort.RunOptions | None = None,
     ) -> tuple[list[np.ndarray], float]:
         """Run on a free session in the calling thread; returns outputs and compute seconds."""
         session = self._free.get()
         self._busy += 1
         try:
             start = time.perf_counter()
-            result = session.run(outputs, feeds)
+            result = session.run(outputs, feeds, options)
             return result, time.perf_counter() - start
         finally:
             self._busy -= 1
             self._free.put(session)
 
     async def run(
-        self, feeds: Feeds, outputs: list[str] | None
+        self,
+        feeds: Feeds,
+        outputs: list[str] | None,
+        *,
+        queue_timeout: float | None = None,
+        abandoned: Callable[[], Awaitable[object]] | None = None,
     ) -> tuple[list[np.ndarray], float, float]:
-        """Run in the pool's executor; returns outputs, queue seconds and compute seconds."""
+        """Run in the pool's executor; returns outputs, queue seconds and compute seconds.
+
+        The wait for a free session ends after ``queue_timeout`` seconds (QueueTimeout). When
+        ``abandoned`` returns (the client went away) a waiting run leaves the queue and a run
+        that has lasted ``WATCH_RUNS_AFTER`` seconds is terminated, freeing its session; both
+        raise RunAbandoned. A run that has started is not bounded by ``queue_timeout``.
+        """
         self._enter()
         submitted = time.perf_counter()
+        # With a session free the run starts at once: nothing to bound, and its client is
+        # only watched if it runs long (watching costs more than a short run).
+        must_wait = self._runs >= self.size
+        loop = asyncio.get_running_loop()
+        options = ort.RunOptions()
+        # A terminated run is reported as RunAbandoned; onnxruntime need not log it as well.
+        options.log_severity_level = 4
+        watch = _ClientWatch(abandoned, options) if abandoned is not None else None
         try:
-            loop = asyncio.get_running_loop()
-            result, compute, started = await loop.run_in_executor(
-                self._executor, self._timed, feeds, outputs
-            )
+            work = self._executor.submit(self._timed, feeds, outputs, options)
+            self._runs += 1
+            # Counted until the run itself ends, even when its caller stopped waiting.
+            work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._run_ended))
+            # Cancelling this (the caller's task cancelled) also drops a run not yet started.
+            future = asyncio.wrap_future(work)
+            if watch is not None:
+                if must_wait:
+                    watch.start()
+                else:
+                    watch.start_later(loop, WATCH_RUNS_AFTER)
+            if must_wait and (queue_timeout is not None or watch is not None):
+                await self._wait_for_start(work, future, queue_timeout, watch)
+            try:
+                result, compute, started = await future
+            except Exception:
+                if watch is not None and watch.gone:
+                    raise RunAbandoned("the client went away: its run was stopped") from None
+                raise
             return result, started - submitted, compute
         finally:
+            if watch is not None:
+                watch.stop()
             self._leave()
+
+    def _run_ended(self) -> None:
+        self._runs -= 1
+
+    async def _wait_for_start(
+        self,
+        work: Future[tuple[list[np.ndarray], float, float]],
+        future: asyncio.Future[tuple[list[np.ndarray], float, float]],
+        queue_timeout: float | None,
+        watch: _ClientWatch | None,
+    ) -> None:
+        waiting: set[asyncio.Future[Any]] = {future}
+        if watch is not None and watch.task is not None:
+            waiting.add(watch.task)
+        await asyncio.wait(waiting, timeout=queue_timeout, return_when=FIRST_COMPLETED)
+        if future.done() or not work.cancel():
+            return  # finished, or running: it completes (or is terminated if abandoned)
+        future.cancel()
+        if watch is not None and watch.gone:
+            raise RunAbandoned("the client went away while its request waited for a session")
+        raise QueueTimeout(
+            f"no session was free within the timeout of {(queue_timeout or 0) * 1e6:.0f} us"
+        )
 
     def submit(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
         """Start ``fn(*args)`` on the pool's threads (it may call ``run_blocking``).
@@ -99,10 +205,10 @@ class SessionPool:
         return future
 
     def _timed(
-        self, feeds: Feeds, outputs: list[str] | None
+        self, feeds: Feeds, outputs: list[str] | None, options: ort.RunOptions
     ) -> tuple[list[np.ndarray], float, float]:
         started = time.perf_counter()
-        result, compute = self.run_blocking(feeds, outputs)
+        result, compute = self.run_blocking(feeds, outputs, options)
         return result, compute, started
 
     def hold(self) -> None:
