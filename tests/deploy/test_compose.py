@@ -132,7 +132,9 @@ def test_dashboard_shows_what_operators_need() -> None:
     for panel in panels:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         for target in panel["targets"]:
-            assert 'model=~"$model"' in target["expr"] or "process_" in target["expr"], target
+            per_process = panel["title"] in {"CPU", "Memory", "Threads and sessions"}
+            assert per_process or 'model=~"$model"' in target["expr"], target
+            assert 'job=~"$job"' in target["expr"], target
     cells = set()
     for panel in dashboard["panels"]:
         pos = panel["gridPos"]
