@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.api import errors
+from app.api.fastpath import serve_plain_routes
 from app.api.middleware import InFlightRequests, RequestContextMiddleware
 from app.api.routes import health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
@@ -126,6 +127,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, predict, images, metrics_routes):
         app.include_router(module.router)
+    serve_plain_routes(app, v2.PLAIN_ROUTES)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

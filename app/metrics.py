@@ -6,9 +6,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import (
@@ -94,21 +94,82 @@ class ModelStats:
         }
 
 
+class ModelSeries:
+    """One model version's per-request series with their labels bound once.
+
+    ``labels()`` validates and looks its arguments up on every call, which costs more than
+    a small model's run; the hot path uses these children instead.
+    """
+
+    __slots__ = (
+        "model",
+        "version",
+        "success",
+        "request_seconds",
+        "queue_seconds",
+        "compute_seconds",
+        "inference_count",
+        "execution_count",
+        "batch_size",
+        "inflight",
+        "stats",
+    )
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self.model = model
+        self.version = version
+        self.success = metrics.request_success.labels(model, version)
+        self.request_seconds = metrics.request_seconds.labels(model, version)
+        self.queue_seconds = metrics.queue_seconds.labels(model, version)
+        self.compute_seconds = metrics.compute_seconds.labels(model, version)
+        self.inference_count = metrics.inference_count.labels(model, version)
+        self.execution_count = metrics.execution_count.labels(model, version)
+        self.batch_size = metrics.batch_size.labels(model, version)
+        self.inflight = metrics.inflight.labels(model, version)
+        self.stats = metrics.stats_for(model, version)
+
+
 class RequestObservation:
-    """What one request reports while it runs: its queue and compute time and batch."""
+    """One request to a known model: a context manager that times it and counts its success
+    or failure reason, and what it reports while it runs (its queue and compute time)."""
+
+    __slots__ = ("_metrics", "_series", "_start")
 
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
         self._metrics = metrics
-        self._labels = (model, version)
-        self._stats = metrics.stats_for(model, version)
+        self._series = metrics.series(model, version)
+        self._start = 0.0
+
+    def __enter__(self) -> RequestObservation:
+        self._series.inflight.inc()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        series = self._series
+        elapsed = time.perf_counter() - self._start
+        if exc is None:
+            series.success.inc()
+            series.stats.success.add(elapsed)
+        else:
+            reason = exc.reason if isinstance(exc, ServingError) else "internal"
+            self._metrics.request_failure.labels(series.model, series.version, reason).inc()
+            series.stats.fail.add(elapsed)
+        series.inflight.dec()
+        series.request_seconds.observe(elapsed)
 
     def queued(self, seconds: float) -> None:
-        self._metrics.queue_seconds.labels(*self._labels).observe(seconds)
-        self._stats.queue.add(seconds)
+        self._series.queue_seconds.observe(seconds)
+        self._series.stats.queue.add(seconds)
 
     def computed(self, seconds: float) -> None:
-        self._metrics.compute_seconds.labels(*self._labels).observe(seconds)
-        self._stats.compute_infer.add(seconds)
+        self._series.compute_seconds.observe(seconds)
+        self._series.stats.compute_infer.add(seconds)
 
 
 def thread_count() -> int:
@@ -147,6 +208,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.stats: dict[tuple[str, str], ModelStats] = {}
+        self._series: dict[tuple[str, str], ModelSeries] = {}
         ProcessCollector(registry=self.registry)
         # Sessions are held weakly: one that stays counted after its unload has leaked.
         self.live_sessions: weakref.WeakSet[object] = weakref.WeakSet()
@@ -240,29 +302,16 @@ class Metrics:
             multiprocess_mode="max",
         )
 
-    @contextmanager
-    def request(self, model: str, version: str) -> Iterator[RequestObservation]:
-        """Time one request to a known model; count its success or its failure reason."""
-        inflight = self.inflight.labels(model, version)
-        stats = self.stats_for(model, version)
-        inflight.inc()
-        start = time.perf_counter()
-        try:
-            yield RequestObservation(self, model, version)
-        except ServingError as exc:
-            self.request_failure.labels(model, version, exc.reason).inc()
-            stats.fail.add(time.perf_counter() - start)
-            raise
-        except BaseException:
-            self.request_failure.labels(model, version, "internal").inc()
-            stats.fail.add(time.perf_counter() - start)
-            raise
-        else:
-            self.request_success.labels(model, version).inc()
-            stats.success.add(time.perf_counter() - start)
-        finally:
-            inflight.dec()
-            self.request_seconds.labels(model, version).observe(time.perf_counter() - start)
+    def request(self, model: str, version: str) -> RequestObservation:
+        """Time one request to a known model (``with``); count its success or failure reason."""
+        return RequestObservation(self, model, version)
+
+    def series(self, model: str, version: str) -> ModelSeries:
+        """The bound series of a known model version (created on first use)."""
+        found = self._series.get((model, version))
+        if found is None:
+            found = self._series[(model, version)] = ModelSeries(self, model, version)
+        return found
 
     def stats_for(self, model: str, version: str) -> ModelStats:
         found = self.stats.get((model, version))
@@ -272,10 +321,11 @@ class Metrics:
 
     def executed(self, model: str, version: str, rows: int, seconds: float) -> None:
         """Count one session run over ``rows`` inferences that took ``seconds``."""
-        self.execution_count.labels(model, version).inc()
-        self.inference_count.labels(model, version).inc(rows)
-        self.batch_size.labels(model, version).observe(rows)
-        stats = self.stats_for(model, version)
+        series = self.series(model, version)
+        series.execution_count.inc()
+        series.inference_count.inc(rows)
+        series.batch_size.observe(rows)
+        stats = series.stats
         stats.execution_count += 1
         stats.inference_count += rows
         stats.last_inference_ms = int(time.time() * 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -81,7 +82,7 @@ def decode_tensor(
     max_element: int,
 ) -> np.ndarray:
     """Decode one binary tensor, checking its size against dtype and shape."""
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)
     if dtype.kind == "O":
         return decode_bytes_elements(buffer, count, max_element).reshape(shape)
     expected = count * dtype.itemsize

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -94,7 +95,7 @@ def decode_json_tensor(
         info = np.iinfo(dtype)  # type: ignore[type-var]
         if raw.min() < info.min or raw.max() > info.max:
             raise BadRequest(f"input '{name}': values out of range for {dtype.name}")
-    expected = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    expected = math.prod(shape)
     if raw.size != expected:
         raise BadRequest(
             f"input '{name}': data has {raw.size} elements but shape {list(shape)} needs {expected}"
@@ -134,7 +135,7 @@ def _decode_bytes(
             flat.append(item)
         else:
             raise BadRequest(f"input '{name}': BYTES data must be strings, got {item!r:.40}")
-    expected = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    expected = math.prod(shape)
     if len(flat) != expected:
         raise BadRequest(
             f"input '{name}': data has {len(flat)} elements but shape {list(shape)} needs "

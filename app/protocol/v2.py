@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +96,7 @@ def parse_infer_request(
         if dtype is None:
             raise BadRequest(f"input '{name}': unknown datatype {datatype!r}")
         shape = parse_shape(item.get("shape"), name, limits.max_elements)
-        total += int(np.prod(shape, dtype=np.int64)) if shape else 1
+        total += math.prod(shape)
         if total > limits.max_elements:
             raise BadRequest(f"request has more than {limits.max_elements} tensor elements")
         size = _parameters(item.get("parameters"), f"input '{name}'").get("binary_data_size")

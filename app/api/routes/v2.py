@@ -12,6 +12,7 @@ from app.api.responses import error_response, json_response
 from app.errors import ServingError
 from app.inference.batching import timeout_parameter
 from app.inference.images import describe as image_processing
+from app.inference.service import InferenceService
 from app.protocol import binary
 from app.protocol.datatypes import V2_TO_TRITON_CONFIG
 from app.protocol.schemas import (
@@ -192,12 +193,15 @@ async def config(
     openapi_extra=request_body(InferenceRequest, V2_INFER_EXAMPLE, BINARY_BODY),
     dependencies=[Inference],
 )
-async def infer(
-    request: Request,
-    service: ServiceDep,
-    model_name: str,
-    model_version: str | None = None,
+async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+    return await handle_infer(request, model_name, model_version)
+
+
+async def handle_infer(
+    request: Request, model_name: str, model_version: str | None = None
 ) -> Response:
+    """Run a v2 inference request (also mounted as a plain route: see app/api/fastpath.py)."""
+    service: InferenceService = request.app.state.service
     header_length = binary.parse_header_length(request.headers.get(HEADER_LENGTH))
     with service.request(model_name, model_version) as (model, observation):
         body = await read_body(request, service.limits.max_request_bytes)
@@ -217,3 +221,9 @@ async def infer(
         media_type="application/octet-stream",
         headers={HEADER_LENGTH: str(json_length)},
     )
+
+
+PLAIN_ROUTES = [
+    ("/v2/models/{model_name}/infer", handle_infer),
+    ("/v2/models/{model_name}/versions/{model_version}/infer", handle_infer),
+]
