@@ -38,7 +38,8 @@ def summary_hook(
             total.update(counts)
             parts = ", ".join(f"{key}={value}" for key, value in sorted(counts.items()))
             terminalreporter.write_line(f"{node.removeprefix(prefix)}: {parts}")
-        parts = ", ".join(f"{key}={value}" for key, value in sorted(total.items()))
-        terminalreporter.write_line(f"total: {parts}")
+        if len(mine) > 1:
+            parts = ", ".join(f"{key}={value}" for key, value in sorted(total.items()))
+            terminalreporter.write_line(f"total: {parts}")
 
     return pytest_terminal_summary
