@@ -7,6 +7,7 @@ request declared.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections import Counter
 from typing import Any
@@ -33,7 +34,7 @@ LIMITS = RequestLimits(
 )
 DATATYPES = sorted(V2_TO_NUMPY)
 FUZZ = settings(
-    max_examples=300,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20")) * 15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ MANAGEMENT_KEY = "model-files-key"
 AUTH = {"Authorization": f"Bearer {MANAGEMENT_KEY}"}
 VALID = mlp().SerializeToString()
 UPLOADS = settings(
-    max_examples=25,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20")) + 5,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -7,6 +7,7 @@ management key. Checks: no 5xx, and every response conforms to the documented sc
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -32,8 +33,8 @@ from tests.server import RunningServer
 
 MANAGEMENT_KEY = "fuzz-management-key"
 AUTH = {"Authorization": f"Bearer {MANAGEMENT_KEY}"}
-# Examples per operation and generation mode; about 30 operations in all.
-EXAMPLES = 20
+# Examples per operation and generation mode (about 30 operations); FUZZ_EXAMPLES raises it.
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 # Names that exist on the server; destructive operations only ever name the sacrificial one.
 SERVED = ("digits", "mlp", "text")
 SACRIFICE = "victim"
