@@ -367,12 +367,12 @@ def test_truncated_binary_request_is_refused(cut: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "shape",
-    [[2**63, 0], [0, 2**40, 3], [0, 2**64 - 1], [1] * 40],
-    ids=["past-int64", "huge-with-zero", "u64-max-with-zero", "40-dims"],
+    ("shape", "data"),
+    [([2**63, 0], []), ([0, 2**40, 3], []), ([0, 2**64 - 1], []), ([1] * 70, [0.5])],
+    ids=["past-int64", "huge-with-zero", "u64-max-with-zero", "70-dims"],
 )
-def test_shapes_numpy_cannot_hold_are_400(shape: list[int]) -> None:
-    doc = {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": []}]}
+def test_shapes_numpy_cannot_hold_are_400(shape: list[int], data: list[float]) -> None:
+    doc = {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]}
     with pytest.raises(BadRequest):
         parse_infer_request(orjson.dumps(doc), None, LIMITS)
 
