@@ -127,7 +127,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, predict, images, metrics_routes):
         app.include_router(module.router)
-    serve_plain_routes(app, v2.PLAIN_ROUTES)
+    serve_plain_routes(app, [*v2.PLAIN_ROUTES, *v1.PLAIN_ROUTES, *predict.PLAIN_ROUTES])
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

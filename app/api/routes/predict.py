@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import Inference, ServiceDep, SettingsDep, read_body
+from app.api.deps import Inference, read_body
 from app.api.responses import json_response
 from app.api.routes import images
 from app.errors import BadRequest
 from app.inference.plain import named_inputs
+from app.inference.service import InferenceService
 from app.protocol.schemas import (
     PREDICT_EXAMPLE,
     ErrorBody,
@@ -21,6 +22,7 @@ from app.protocol.schemas import (
 )
 from app.protocol.tensors import jsonable
 from app.protocol.v2 import loads_object
+from app.settings import Settings
 
 router = APIRouter(tags=["predict"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -53,7 +55,14 @@ def _model_field(doc: dict[str, Any]) -> tuple[str, str | None]:
     openapi_extra=images.predict_openapi(request_body(PredictRequest, PREDICT_EXAMPLE)),
     dependencies=[Inference],
 )
-async def predict(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+async def predict(request: Request) -> Response:
+    return await handle_predict(request)
+
+
+async def handle_predict(request: Request) -> Response:
+    """Answer ``POST /predict`` (also served as a plain route: see app/api/fastpath.py)."""
+    service: InferenceService = request.app.state.service
+    settings: Settings = request.app.state.settings
     if images.is_upload(request):
         return await images.predict_request(request, service, settings, None)
     body = await read_body(request, service.limits.max_request_bytes)
@@ -68,3 +77,6 @@ async def predict(request: Request, service: ServiceDep, settings: SettingsDep) 
         results = await service.run(model, observation, inputs)
         outputs = {n: jsonable(a[0] if unbatched else a) for n, a in results.items()}
     return json_response({"model": model.name, "version": str(model.version), "outputs": outputs})
+
+
+PLAIN_ROUTES = [("/predict", handle_predict)]

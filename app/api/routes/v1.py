@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import Inference, RegistryDep, ServiceDep, read_body
+from app.api.deps import Inference, RegistryDep, read_body
 from app.api.responses import json_response
 from app.errors import BadRequest
 from app.inference.plain import instances_inputs, predictions
+from app.inference.service import InferenceService
 from app.protocol.schemas import (
     V1_EXAMPLE,
     ErrorBody,
@@ -40,7 +41,13 @@ async def status(registry: RegistryDep, model_name: str) -> Response:
     openapi_extra=request_body(V1PredictRequest, V1_EXAMPLE),
     dependencies=[Inference],
 )
-async def predict(request: Request, service: ServiceDep, model_name: str) -> Response:
+async def predict(request: Request, model_name: str) -> Response:
+    return await handle_predict(request, model_name)
+
+
+async def handle_predict(request: Request, model_name: str) -> Response:
+    """Answer a v1 ``:predict`` (also served as a plain route: see app/api/fastpath.py)."""
+    service: InferenceService = request.app.state.service
     body = await read_body(request, service.limits.max_request_bytes)
     with service.request(model_name, None) as (model, observation):
         doc = loads_object(body)
@@ -50,3 +57,6 @@ async def predict(request: Request, service: ServiceDep, model_name: str) -> Res
         results = await service.run(model, observation, inputs)
         body_out = {"predictions": predictions(model, results)}
     return json_response(body_out)
+
+
+PLAIN_ROUTES = [("/v1/models/{model_name}:predict", handle_predict)]
