@@ -34,7 +34,7 @@ LIMITS = RequestLimits(
 )
 DATATYPES = sorted(V2_TO_NUMPY)
 FUZZ = settings(
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20")) * 15,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")) * 15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -34,7 +34,7 @@ from tests.server import RunningServer
 MANAGEMENT_KEY = "fuzz-management-key"
 AUTH = {"Authorization": f"Bearer {MANAGEMENT_KEY}"}
 # Examples per operation and generation mode (about 30 operations); FUZZ_EXAMPLES raises it.
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 # Names that exist on the server; destructive operations only ever name the sacrificial one.
 SERVED = ("digits", "mlp", "text")
 SACRIFICE = "victim"
