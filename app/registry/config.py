@@ -36,11 +36,19 @@ class SessionConfig(_Strict):
     intra_op_threads: int | None = Field(
         None, ge=1, description="Threads per session; default: CPU quota / instance count."
     )
-    inter_op_threads: int | None = Field(None, ge=1)
-    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
-    execution_mode: Literal["sequential", "parallel"] = "sequential"
-    enable_mem_arena: bool = True
-    enable_mem_pattern: bool = True
+    inter_op_threads: int | None = Field(
+        None, ge=1, description="Threads running independent nodes in parallel mode; default 1."
+    )
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime graph optimisations applied at load."
+    )
+    execution_mode: Literal["sequential", "parallel"] = Field(
+        "sequential", description="Run independent branches of the graph in parallel or not."
+    )
+    enable_mem_arena: bool = Field(True, description="onnxruntime's CPU memory arena.")
+    enable_mem_pattern: bool = Field(
+        True, description="Plan memory from the first run's allocation pattern."
+    )
     allow_spinning: bool = Field(
         False,
         description="Let idle intra-op threads spin; off by default because they would take "
@@ -51,11 +59,13 @@ class SessionConfig(_Strict):
 class DynamicBatchingConfig(_Strict):
     """Merge concurrent requests into one session run."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Batch this model's requests.")
     max_queue_delay_us: int = Field(
         0, ge=0, description="Longest a request waits for others while all instances are busy."
     )
-    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="Batch sizes to dispatch at once when reached."
+    )
     max_queue_size: int = Field(1024, ge=1, description="Queued requests before 503.")
     timeout_us: int = Field(0, ge=0, description="Queue timeout (504); 0 uses the server's.")
 
@@ -63,16 +73,22 @@ class DynamicBatchingConfig(_Strict):
 class WarmupConfig(_Strict):
     """Inference on zeros before a version is marked ready."""
 
-    enabled: bool = True
-    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    enabled: bool = Field(True, description="Warm up before marking the version ready.")
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1], description="Batch sizes to warm up (batched models)."
+    )
 
 
 class VersionPolicy(_Strict):
     """Which versions on disk are served (Triton's latest / all / specific)."""
 
-    policy: Literal["latest", "all", "specific"] = "latest"
-    num_versions: int = Field(1, ge=1)
-    versions: list[int] = Field(default_factory=list)
+    policy: Literal["latest", "all", "specific"] = Field(
+        "latest", description="latest: the newest num_versions; all; specific: versions."
+    )
+    num_versions: int = Field(1, ge=1, description="How many of the newest to serve.")
+    versions: list[int] = Field(
+        default_factory=list, description="The versions served with policy 'specific'."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> VersionPolicy:
@@ -110,7 +126,9 @@ class PreprocessConfig(_Strict):
         "(0.875 resizes to 256 and crops 224).",
     )
     size: tuple[int, int] | None = Field(None, description="[height, width]; default: graph.")
-    layout: Literal["NCHW", "NHWC"] | None = None
+    layout: Literal["NCHW", "NHWC"] | None = Field(
+        None, description="Tensor layout; default: NCHW when the second dimension is 1 or 3."
+    )
     dtype: Literal["float32", "float16", "float64", "uint8", "int8"] | None = Field(
         None, description="Must match the input's type when given; default: the input's."
     )
@@ -159,7 +177,9 @@ class ModelConfig(_Strict):
     providers: Literal["auto", "cpu"] | list[ProviderSpec | str] | None = Field(
         None, description="'auto', 'cpu', or an ordered list; default: the server's."
     )
-    require_accelerator: bool | None = None
+    require_accelerator: bool | None = Field(
+        None, description="Fail the load on a CPU fallback; default: the server's setting."
+    )
     session: SessionConfig = Field(default_factory=SessionConfig)
     dynamic_batching: DynamicBatchingConfig | None = None
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
