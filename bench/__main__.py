@@ -1,0 +1,334 @@
+"""``python -m bench``: onnx-serve against raw onnxruntime and a bare ASGI app, as ratios.
+
+Each server figure is measured in pairs of windows alternating with its reference (the raw
+onnxruntime loop for compute-bound models, the bare ASGI app for the overhead-bound MLP,
+one worker for two), and the ratio reported is the median of the pairs' ratios, so that a
+machine whose speed drifts (a shared VM, other jobs) still gives comparable figures.
+Other processes' share of the CPU during the windows is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench import payloads
+from bench.load import Request, run_load, wrk_path
+from bench.models import REPOSITORY, RESNET_INPUT, RESNET_OUTPUT, WIDE_WIDTH, write_repository
+from bench.processes import CpuWatch, Process, bare_asgi, onnx_serve
+from bench.raw import run_loop, server_session
+from bench.report import Row, machine, print_table, targets
+
+HOST = "127.0.0.1"
+Reference = Callable[[float], Row]
+
+
+class Bench:
+    """Measures rows and keeps those recorded for the table."""
+
+    def __init__(self, seconds: float, pairs: int) -> None:
+        self.seconds = seconds
+        self.pairs = pairs
+        self.rows: list[Row] = []
+
+    def record(self, row: Row) -> Row:
+        self.rows.append(row)
+        print(row.line(), flush=True)
+        return row
+
+    def raw(
+        self, name: str, session: ort.InferenceSession, feeds: dict[str, np.ndarray], seconds: float
+    ) -> Row:
+        """Run ``feeds`` back to back in this process for ``seconds``."""
+        with CpuWatch([]) as cpu:
+            loop = run_loop(session, feeds, seconds)
+        return Row(
+            name=name,
+            kind="raw",
+            concurrency=1,
+            rows_per_request=loop.batch,
+            per_second=loop.runs_per_second,
+            p50_ms=loop.percentile(50) * 1000,
+            p99_ms=loop.percentile(99) * 1000,
+            tool="onnxruntime",
+            server_cpu=cpu.share(cpu.own),
+            foreign_cpu=cpu.share(cpu.foreign),
+            requests=loop.runs,
+        )
+
+    def load(
+        self,
+        name: str,
+        process: Process,
+        request: Request,
+        concurrency: int,
+        seconds: float,
+        *,
+        kind: str = "server",
+        workers: int = 1,
+    ) -> Row:
+        """Drive ``process`` with ``request`` at ``concurrency`` for ``seconds``."""
+        with CpuWatch(process.pids()) as cpu:
+            result = run_load(HOST, process.port, request, concurrency, seconds)
+        return Row(
+            name=name,
+            kind=kind,
+            concurrency=concurrency,
+            per_second=result.per_second,
+            p50_ms=result.p50_ms,
+            p99_ms=result.p99_ms,
+            errors=result.errors,
+            tool=result.tool,
+            workers=workers,
+            server_cpu=cpu.share(cpu.server),
+            foreign_cpu=cpu.share(cpu.foreign),
+            requests=result.requests,
+        )
+
+    def paired(
+        self,
+        name: str,
+        process: Process,
+        request: Request,
+        concurrency: int,
+        reference: Reference,
+        label: str,
+        *,
+        workers: int = 1,
+        pairs: int | None = None,
+    ) -> Row:
+        """Alternate the reference and the server; record both with the median ratio."""
+        references: list[Row] = []
+        measured: list[Row] = []
+        for _ in range(pairs or self.pairs):
+            references.append(reference(self.seconds))
+            measured.append(
+                self.load(name, process, request, concurrency, self.seconds, workers=workers)
+            )
+        ratios = [
+            m.rows_per_second / r.rows_per_second for m, r in zip(measured, references, strict=True)
+        ]
+        self.record(median_row(references))
+        row = median_row(measured)
+        row.ratios[label] = statistics.median(ratios)
+        if len(ratios) > 1:
+            row.spread[label] = (min(ratios), max(ratios))
+        return self.record(row)
+
+
+def median_row(rows: list[Row]) -> Row:
+    """One row for repeated windows: median rates and latencies, summed counts."""
+    return replace(
+        rows[0],
+        per_second=statistics.median(r.per_second for r in rows),
+        p50_ms=statistics.median(r.p50_ms for r in rows),
+        p99_ms=statistics.median(r.p99_ms for r in rows),
+        errors=sum(r.errors for r in rows),
+        requests=sum(r.requests for r in rows),
+        server_cpu=statistics.mean(r.server_cpu for r in rows),
+        foreign_cpu=statistics.mean(r.foreign_cpu for r in rows),
+        ratios={},
+        spread={},
+    )
+
+
+def verify(process: Process, request: Request, expected: np.ndarray | None) -> str | None:
+    problem = payloads.check(process.url, request, expected)
+    if problem is not None:
+        print(f"  check of {request.path} failed: {problem}", flush=True)
+    return problem
+
+
+def require(process: Process, requests: list[Request], expected: np.ndarray) -> None:
+    for request in requests:
+        if verify(process, request, expected) is not None:
+            raise SystemExit(f"the server answers {request.path} wrongly; see above")
+
+
+def resnet_section(bench: Bench, server: Process, files: dict[str, Path]) -> None:
+    """ResNet-50 through each front door, against the raw batch-1 loop."""
+    session = server_session(files["resnet50"])
+    x = payloads.resnet_input()
+    expected = session.run([RESNET_OUTPUT], {RESNET_INPUT: x})[0]
+    binary = payloads.v2_binary("resnet50", RESNET_INPUT, x, RESNET_OUTPUT)
+    batched = payloads.v2_binary("resnet50_batched", RESNET_INPUT, x, RESNET_OUTPUT)
+    as_json = payloads.v2_json("resnet50", RESNET_INPUT, x)
+    two = payloads.v2_binary("resnet50_x2", RESNET_INPUT, x, RESNET_OUTPUT)
+    two_batched = payloads.v2_binary("resnet50_x2_batched", RESNET_INPUT, x, RESNET_OUTPUT)
+    require(server, [binary, batched, as_json, two, two_batched], expected)
+
+    def raw(seconds: float) -> Row:
+        return bench.raw("raw onnxruntime, ResNet-50 batch 1", session, {RESNET_INPUT: x}, seconds)
+
+    pairs = min(bench.pairs, 2)
+    bench.paired("ResNet-50 v2 binary", server, binary, 1, raw, "raw", pairs=pairs)
+    bench.paired("ResNet-50 v2 binary", server, binary, 4, raw, "raw", pairs=pairs)
+    name = "ResNet-50 v2 binary, dynamic batching"
+    bench.paired(name, server, batched, 8, raw, "raw", pairs=pairs)
+    name = "ResNet-50 v2 binary, 2 instances x 1 thread"
+    bench.paired(name, server, two, 8, raw, "raw", pairs=pairs)
+    name = "ResNet-50 v2 binary, 2 instances x 1 thread, dynamic batching (max 4)"
+    bench.paired(name, server, two_batched, 8, raw, "raw", pairs=pairs)
+    bench.paired("ResNet-50 v2 JSON", server, as_json, 4, raw, "raw", pairs=pairs)
+    image = payloads.predict_image("resnet50", payloads.png_photo())
+    problem = verify(server, image, None)
+    if problem is None:
+        name = "ResNet-50 /predict PNG image"
+        bench.paired(name, server, image, 4, raw, "raw", pairs=pairs)
+    else:
+        bench.record(
+            Row("ResNet-50 /predict PNG image", "skipped", note=f"no image path: {problem}")
+        )
+    for batch in (2, 4, 8):
+        feeds = {RESNET_INPUT: payloads.resnet_input(batch)}
+        name = f"raw onnxruntime, ResNet-50 batch {batch}"
+        bench.record(bench.raw(name, session, feeds, bench.seconds))
+
+
+def wide_section(bench: Bench, server: Process, files: dict[str, Path]) -> None:
+    """A memory-bound model, where a batch costs little more than one row: batching pays."""
+    session = server_session(files["mlp_wide"])
+    x = np.random.default_rng(8).standard_normal((1, WIDE_WIDTH)).astype(np.float32)
+    expected = session.run(None, {"x": x})[0]
+    plain = payloads.v2_binary("mlp_wide", "x", x, "y")
+    batched = payloads.v2_binary("mlp_wide_batched", "x", x, "y")
+    require(server, [plain, batched], expected)
+
+    def raw(seconds: float) -> Row:
+        return bench.raw("raw onnxruntime, wide MLP batch 1", session, {"x": x}, seconds)
+
+    pairs = min(bench.pairs, 2)
+    bench.paired("wide MLP v2 binary", server, plain, 8, raw, "raw", pairs=pairs)
+    name = "wide MLP v2 binary, dynamic batching"
+    bench.paired(name, server, batched, 8, raw, "raw", pairs=pairs)
+    feeds = {"x": np.repeat(x, 8, axis=0)}
+    bench.record(bench.raw("raw onnxruntime, wide MLP batch 8", session, feeds, bench.seconds))
+
+
+def mlp_section(bench: Bench, server: Process, files: dict[str, Path], logs: Path) -> None:
+    """The small MLP through each front door, against the bare ASGI app (the HTTP ceiling)."""
+    session = server_session(files["mlp"])
+    x = payloads.mlp_input()
+    expected = session.run(None, {"x": x})[0]
+    requests = {
+        "v2 JSON": payloads.v2_json("mlp", "x", x),
+        "v2 binary": payloads.v2_binary("mlp", "x", x, "y"),
+        "/predict JSON": payloads.predict_json("mlp", "x", x),
+        "v1 JSON": payloads.v1_json("mlp", x),
+        "v2 JSON, dynamic batching": payloads.v2_json("mlp_batched", "x", x),
+    }
+    require(server, list(requests.values()), expected)
+    raw = bench.record(bench.raw("raw onnxruntime, MLP batch 1", session, {"x": x}, bench.seconds))
+    with bare_asgi(logs / "bare.log") as bare:
+        for concurrency in (1, 16, 64):
+
+            def ceiling(seconds: float, c: int = concurrency) -> Row:
+                request = requests["v2 JSON"]
+                return bench.load("bare ASGI app", bare, request, c, seconds, kind="ceiling")
+
+            names = list(requests) if concurrency == 16 else ["v2 JSON"]
+            pairs = bench.pairs if concurrency == 16 else 1
+            for payload in names:
+                name = f"MLP {payload}"
+                row = bench.paired(
+                    name, server, requests[payload], concurrency, ceiling, "ceiling", pairs=pairs
+                )
+                row.ratios["raw"] = row.rows_per_second / raw.rows_per_second
+
+
+def success_count(process: Process, model: str) -> float:
+    text = httpx.get(process.url + "/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "onnx_serve_request_success_total":
+                if sample.labels.get("model") == model:
+                    total += sample.value
+    return total
+
+
+def workers_section(bench: Bench, one: Process, repo: Path, logs: Path) -> None:
+    """The MLP on one worker and on two, alternating; /metrics must add both up."""
+    x = payloads.mlp_input()
+    requests = {
+        "v2 JSON": payloads.v2_json("mlp", "x", x),
+        "/predict JSON": payloads.predict_json("mlp", "x", x),
+    }
+    with onnx_serve(repo, logs / "server-2-workers.log", workers=2) as two:
+        require(two, list(requests.values()), one_answer(one, requests["v2 JSON"]))
+        before = success_count(two, "mlp")
+        rows: list[Row] = []
+        for payload, request in requests.items():
+
+            def single(seconds: float, r: Request = request, p: str = payload) -> Row:
+                return bench.load(f"MLP {p}", one, r, 16, seconds)
+
+            name = f"MLP {payload}"
+            rows.append(bench.paired(name, two, request, 16, single, "1 worker", workers=2))
+        time.sleep(0.5)  # requests wrk abandoned at its deadlines may still be answered
+        counted = success_count(two, "mlp") - before
+    sent = sum(r.requests for r in rows)
+    cut = 16 * bench.pairs * len(requests)
+    last = rows[-1]
+    last.note = (
+        f"/metrics (both workers aggregated) counted {counted:.0f} successes for the {sent} "
+        f"requests wrk saw answered (and at most {cut} more cut off at its deadlines)"
+    )
+    last.metrics_ok = sent <= counted <= sent + cut
+
+
+def one_answer(process: Process, request: Request) -> np.ndarray:
+    response = httpx.post(process.url + request.path, content=request.body, headers=request.headers)
+    return next(iter(payloads.outputs_of(response).values()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short windows, one pair each")
+    parser.add_argument("--seconds", type=float, help="seconds a window (default 4; quick 2)")
+    parser.add_argument("--pairs", type=int, help="windows per figure (default 3; quick 1)")
+    parser.add_argument("--skip-resnet", action="store_true", help="leave out ResNet-50")
+    parser.add_argument("--json", type=Path, help="also write the rows here as JSON")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (2.0 if args.quick else 4.0)
+    bench = Bench(seconds, args.pairs or (1 if args.quick else 3))
+    if wrk_path() is None:
+        print("wrk not found (apt-get install wrk): using the slower Python client", flush=True)
+    print(machine(), flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="onnx-serve-bench-") as tmp:
+        root = Path(tmp)
+        repo = root / "models"
+        skip = {name for name in REPOSITORY if name.startswith("resnet")}
+        files = write_repository(repo, skip=skip if args.skip_resnet else None)
+        mlp_repo = root / "mlp-models"
+        write_repository(mlp_repo, only={"mlp"})
+        with onnx_serve(repo, root / "server.log") as server:
+            if not args.skip_resnet:
+                resnet_section(bench, server, files)
+            wide_section(bench, server, files)
+            mlp_section(bench, server, files, root)
+            workers_section(bench, server, mlp_repo, root)
+    print(f"\n{len(bench.rows)} rows in {time.monotonic() - started:.0f} s\n")
+    print_table(bench.rows)
+    print()
+    print(targets(bench.rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps([asdict(r) for r in bench.rows], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
