@@ -114,11 +114,11 @@ def targets(rows: list[Row]) -> str:
             "ResNet-50 dynamic batching (default config) c=8 >= 1.05x raw batch-1",
         ),
         (
-            "ResNet-50 v2 binary, 2 instances x 1 thread, dynamic batching (max 4)",
+            "ResNet-50 v2 binary, dynamic batching, preferred batch 4",
             8,
             "raw",
             1.05,
-            "ResNet-50 dynamic batching (2 instances, max 4) c=8 >= 1.05x raw batch-1",
+            "ResNet-50 dynamic batching (preferred batch 4) c=8 >= 1.05x raw batch-1",
         ),
         ("ResNet-50 v2 JSON", 4, "raw", 0.80, "ResNet-50 JSON c=4 >= 0.80x raw batch-1"),
         ("MLP v2 JSON", 16, "ceiling", 0.25, "MLP JSON v2 c=16, 1 worker >= 0.25x bare ASGI"),
