@@ -133,7 +133,7 @@ def targets(rows: list[Row]) -> str:
         value = row.ratios[key]
         extra = f", p99 {row.p99_ms:.0f} ms" if "batching" in name else ""
         mark = "met " if value >= bound else "MISS"
-        lines.append(f"  [{mark}] {text}: {value:.2f}x{extra}")
+        lines.append(f"  [{mark}] {text}: {value:.3f}x{extra}")
     doubles = [r for r in rows if r.workers == 2 and r.kind == "server"]
     if not doubles:
         lines.append("  [ -- ] 2 workers: not measured")
@@ -141,7 +141,7 @@ def targets(rows: list[Row]) -> str:
         rise = row.ratios.get("1 worker")
         if rise is not None:
             mark = "met " if rise > 1.0 else "MISS"
-            lines.append(f"  [{mark}] 2 workers vs 1 (side by side), {row.name}: {rise:.2f}x")
+            lines.append(f"  [{mark}] 2 workers vs 1 (side by side), {row.name}: {rise:.3f}x")
         if row.metrics_ok is not None:
             ok = "met " if row.metrics_ok else "MISS"
             lines.append(f"  [{ok}] 2 workers, metrics add up: {row.note}")

@@ -8,6 +8,7 @@ that the slow run outlasts a few local round trips.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import ROOT, SAMPLE_MODELS
 from tests.onnx_models import probe, write_model
 from tests.server import RunningServer
 
@@ -35,6 +37,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     write_model(root, "probe", probe(), config={"dynamic_batching": {}})
     write_model(root, "small_queue", probe(), config={"dynamic_batching": {"max_queue_size": 2}})
     write_model(root, "plain", probe())
+    # The bundled digits model (image input), batched: image requests take the queue too.
+    digits = json.loads((SAMPLE_MODELS / "digits" / "config.json").read_text())
+    write_model(
+        root,
+        "digits",
+        (SAMPLE_MODELS / "digits" / "1" / "model.onnx").read_bytes(),
+        config={**digits, "dynamic_batching": {}},
+        labels=(SAMPLE_MODELS / "digits" / "labels.txt").read_text().split(),
+    )
     with RunningServer(root, log_path=root.parent / "server.log") as running:
         yield running
 
@@ -250,3 +261,20 @@ def test_model_without_batching_runs_straight(
     out = outputs(infer(server, "plain", body(x)))
     np.testing.assert_allclose(out["y"], expected_y(x))
     assert metric(server, QUEUED, "plain") == 0
+
+
+def test_image_requests_go_through_the_queue(server: RunningServer) -> None:
+    runs_before = metric(server, "onnx_serve_batch_size_count", "digits")
+    seven = (ROOT / "docs" / "seven.png").read_bytes()
+    r = httpx.post(
+        server.url + "/predict",
+        files={"file": ("seven.png", seven, "image/png")},
+        data={"model": "digits"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0][0]["label"] == "7"
+    assert metric(server, "onnx_serve_batch_size_count", "digits") == runs_before + 1
+    # The batcher reported the run; the queue is empty again.
+    assert metric(server, "onnx_serve_queue_duration_seconds_count", "digits") >= 1
+    assert metric(server, QUEUED, "digits") == 0
