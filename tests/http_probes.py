@@ -29,7 +29,7 @@ def metric(url: str, name: str, **labels: str) -> float:
     return metric_values(url).get((name, frozenset(labels.items())), 0.0)
 
 
-def wait_for(probe: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+def wait_for(probe: Callable[[], T], what: str = "", timeout: float = 30.0) -> T:
     """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds.
 
     The timeout only turns a hang into a failure: nothing asserts how fast the state came.
@@ -40,7 +40,7 @@ def wait_for(probe: Callable[[], T], what: str, timeout: float = 30.0) -> T:
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
+            raise AssertionError(f"timed out waiting for {what or probe} (last: {value!r})")
         time.sleep(0.05)
 
 

@@ -1,4 +1,4 @@
-"""A real onnx-serve process on a loopback port, for integration tests."""
+"""Server processes on loopback ports, for integration tests."""
 
 from __future__ import annotations
 
@@ -21,39 +21,36 @@ def free_port() -> int:
         return port
 
 
-class RunningServer:
-    """``onnx-serve serve`` in a subprocess; ``url`` is its base address once ready."""
+class ServerProcess:
+    """``command`` in a subprocess, serving on ``url``; ``start`` waits for ``ready_path``."""
 
     def __init__(
         self,
-        models: Path,
-        env: dict[str, str] | None = None,
-        args: list[str] | None = None,
-        wait_ready: bool = True,
-        log_path: Path | None = None,
+        command: list[str],
+        env: dict[str, str],
+        url: str,
+        log_path: Path,
+        cwd: Path | None = None,
+        ready_path: str = "/v2/health/ready",
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.host_port = f"127.0.0.1:{self.port}"
-        self.models = models
-        self._env = {**os.environ, "ONNX_SERVE_LOG_LEVEL": "warning", **(env or {})}
-        self._args = args or []
-        self._wait_ready = wait_ready
-        self._log_path = log_path or models.parent / f"server-{self.port}.log"
+        self.command = command
+        self.env = env
+        self.url = url
+        self.log_path = log_path
+        self.cwd = cwd
+        self.ready_path = ready_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> RunningServer:
-        self._log = open(self._log_path, "wb")  # noqa: SIM115 - closed in stop()
+    def start(self) -> ServerProcess:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "app.cli", "serve",
-                "--models", str(self.models), "--port", str(self.port), *self._args,
-            ],
-            env=self._env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.wait("/v2/health/ready" if self._wait_ready else "/v2/health/live")
+            self.command, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        try:
+            self.wait(self.ready_path)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait(self, path: str, timeout: float = 60.0) -> None:
@@ -72,7 +69,7 @@ class RunningServer:
 
     def log(self) -> str:
         try:
-            return self._log_path.read_text(errors="replace")[-5000:]
+            return self.log_path.read_text(errors="replace")[-5000:]
         except OSError:
             return ""
 
@@ -89,7 +86,7 @@ class RunningServer:
         self._log.close()
         return self.process.returncode
 
-    def __enter__(self) -> RunningServer:
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(
@@ -99,3 +96,37 @@ class RunningServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class RunningServer(ServerProcess):
+    """``onnx-serve serve`` on ``models``; ``url`` is its base address once ready."""
+
+    def __init__(
+        self,
+        models: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        wait_ready: bool = True,
+        log_path: Path | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.host_port = f"127.0.0.1:{self.port}"
+        self.models = models
+        command = [
+            sys.executable, "-m", "app.cli", "serve",
+            "--models", str(models), "--port", str(self.port), *(args or []),
+        ]  # fmt: skip
+        super().__init__(
+            command,
+            env={**os.environ, "ONNX_SERVE_LOG_LEVEL": "warning", **(env or {})},
+            url=f"http://127.0.0.1:{self.port}",
+            log_path=log_path or models.parent / f"server-{self.port}.log",
+            ready_path="/v2/health/ready" if wait_ready else "/v2/health/live",
+        )
+
+    def start(self) -> RunningServer:
+        super().start()
+        return self
+
+    def __enter__(self) -> RunningServer:
+        return self.start()

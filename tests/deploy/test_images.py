@@ -22,8 +22,7 @@ from packaging.utils import canonicalize_name
 
 from tests.deploy.conftest import DOCKER, ROOT, venv_tool
 from tests.deploy.dockerfile import Dockerfile, Instruction, parse
-from tests.deploy.process import CommandServer
-from tests.server import free_port
+from tests.server import ServerProcess, free_port
 
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "gpu": DOCKER / "Dockerfile.gpu"}
 LOCKS = {"cpu": DOCKER / "requirements-cpu.txt", "gpu": DOCKER / "requirements-gpu.txt"}
@@ -313,7 +312,7 @@ def test_cpu_image_installs_and_serves_the_sample(cpu_image: dict[str, Path]) ->
     probe_args = Instruction("CMD", probe).exec_form() or []
     probe_args[0] = shutil.which(probe_args[0], path=env["PATH"]) or probe_args[0]
 
-    with CommandServer(
+    with ServerProcess(
         command, env, url, cwd=cpu_image["models"], log_path=cpu_image["root"] / "server.log"
     ) as server:
         assert httpx.get(url + "/v2/health/live").status_code == 200
@@ -349,7 +348,7 @@ def test_gpu_image_settings_fall_back_to_cpu_without_a_gpu(tmp_path: Path) -> No
     env = image_environment(dockerfile, paths, port)
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "app.cli", "serve"]
-    with CommandServer(command, env, url, cwd=ROOT, log_path=tmp_path / "server.log"):
+    with ServerProcess(command, env, url, cwd=ROOT, log_path=tmp_path / "server.log"):
         r = httpx.post(url + "/v2/models/digits/infer", json=digits_request()[0])
         assert r.status_code == 200, r.text
         metrics = httpx.get(url + "/metrics").text

@@ -20,10 +20,9 @@ from app.errors import InvalidName, ModelNotFound
 from app.registry.repository import ModelRepository, SingleModelRepository, open_repository
 from tests.conftest import SAMPLE_MODELS, StartServer
 from tests.deploy.conftest import KSERVE
-from tests.deploy.process import CommandServer
 from tests.deploy.test_images import held_digits
 from tests.onnx_models import identity, write_model
-from tests.server import free_port
+from tests.server import ServerProcess, free_port
 
 KSERVE_PORT = 8080
 DIGITS = SAMPLE_MODELS / "digits"
@@ -137,7 +136,7 @@ def test_server_with_runtime_args_serves_the_storage_layout(
     env = {"PATH": "/usr/bin:/bin", "ONNX_SERVE_LOG_LEVEL": "warning"}
     for item in container(runtime).get("env", []):
         env[item["name"]] = item["value"]
-    with CommandServer(command, env, url, cwd=tmp_path, log_path=tmp_path / "server.log"):
+    with ServerProcess(command, env, url, cwd=tmp_path, log_path=tmp_path / "server.log"):
         assert httpx.get(f"{url}/v2/health/live").status_code == 200
         assert httpx.get(f"{url}/v2/models/{name}/ready").status_code == 200
         index = httpx.get(f"{url}/v2/models/{name}").json()

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.settings import Settings
-from tests.integration.uploads import X, model_bytes, wait_until
+from tests.http_probes import wait_for
+from tests.integration.uploads import X, model_bytes
 from tests.onnx_models import mlp, write_model
 from tests.server import RunningServer
 
@@ -136,7 +137,7 @@ def test_without_an_inference_key_inference_is_open(keyless: RunningServer) -> N
 
 
 def test_open_management_is_an_explicit_opt_in(open_management: RunningServer) -> None:
-    assert "open to anyone" in wait_until(lambda: open_management.log() or None)
+    assert "open to anyone" in wait_for(lambda: open_management.log() or None)
     upload = call(
         open_management,
         "POST",

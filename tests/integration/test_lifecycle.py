@@ -15,6 +15,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from tests.http_probes import wait_for
 from tests.integration.uploads import (
     AUTH,
     KEY,
@@ -26,7 +27,6 @@ from tests.integration.uploads import (
     snapshot,
     staging_entries,
     upload,
-    wait_until,
 )
 from tests.server import RunningServer
 
@@ -112,7 +112,7 @@ def test_version_swaps_under_concurrent_load_fail_no_request(
     try:
         for seed in (1, 2, 3, 4):
             wanted = 20 * seed
-            wait_until(lambda: answered() > wanted)  # noqa: B023 - called before the loop moves on
+            wait_for(lambda: answered() > wanted)  # noqa: B023 - called before the loop moves on
             created = upload(client, "swap", model_bytes(seed=seed))
             assert created.status_code == 201, created.text
             assert created.json()["version"] == str(seed + 1)
@@ -121,7 +121,7 @@ def test_version_swaps_under_concurrent_load_fail_no_request(
         assert replaced.status_code == 201, replaced.text
         assert client.delete("/models/swap/versions/5").status_code == 200
         # Run until every client has been answered by the version now serving.
-        wait_until(lambda: all(last_seen.get(i) == "4" for i in range(CLIENT_THREADS)))
+        wait_for(lambda: all(last_seen.get(i) == "4" for i in range(CLIENT_THREADS)))
     finally:
         stop.set()
         for thread in threads:
@@ -214,9 +214,9 @@ def test_delete_of_a_model_in_use_drains_first(client: httpx.Client, server: Run
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        wait_until(lambda: statuses[200] > 10)
+        wait_for(lambda: statuses[200] > 10)
         assert client.delete("/models/doomed").status_code == 200
-        wait_until(lambda: statuses[404] > 0)
+        wait_for(lambda: statuses[404] > 0)
     finally:
         stop.set()
         thread.join()

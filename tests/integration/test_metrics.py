@@ -6,23 +6,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.http_probes import metric_values
 from tests.onnx_models import mlp, write_model
 from tests.server import RunningServer
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(server: RunningServer) -> Samples:
-    r = httpx.get(server.url + "/metrics")
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain")
-    out: Samples = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -52,7 +41,9 @@ def test_series_after_traffic(server: RunningServer) -> None:
     assert httpx.post(server.url + "/v2/models/mlp/infer", content=b"{").status_code == 400
     assert httpx.post(server.url + "/v2/models/ghost/infer", content=b"{}").status_code == 404
 
-    s = scrape(server)
+    r = httpx.get(server.url + "/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    s = metric_values(server.url)
     m = {"model": "mlp", "version": "1"}
     assert value(s, "onnx_serve_request_success_total", **m) == 3
     assert value(s, "onnx_serve_request_failure_total", reason="bad_request", **m) == 2

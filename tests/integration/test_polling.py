@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.http_probes import wait_for
 from tests.integration.uploads import (
     AUTH,
     KEY,
@@ -17,7 +18,6 @@ from tests.integration.uploads import (
     output,
     reference,
     upload,
-    wait_until,
 )
 from tests.onnx_models import write_model
 from tests.server import RunningServer
@@ -62,15 +62,15 @@ def test_upload_to_one_replica_is_served_by_the_other(
 ) -> None:
     a, b = replicas
     assert upload(a, "shared", model_bytes(seed=0)).status_code == 201
-    wait_until(lambda: serves(b, "shared", "1", 0), what="the second replica to load v1")
+    wait_for(lambda: serves(b, "shared", "1", 0), what="the second replica to load v1")
     assert upload(a, "shared", model_bytes(seed=1)).status_code == 201
-    wait_until(lambda: serves(b, "shared", "2", 1), what="the second replica to load v2")
+    wait_for(lambda: serves(b, "shared", "2", 1), what="the second replica to load v2")
     assert b.get("/v2/models/shared").json()["versions"] == ["2"]
     # A delete on the second replica reaches the first one.
     assert b.delete("/models/shared/versions/2").status_code == 200
-    wait_until(lambda: serves(a, "shared", "1", 0), what="the first replica to fall back to v1")
+    wait_for(lambda: serves(a, "shared", "1", 0), what="the first replica to fall back to v1")
     assert b.delete("/models/shared").status_code == 200
-    wait_until(lambda: infer(a, "shared").status_code == 404, what="the first replica to unload")
+    wait_for(lambda: infer(a, "shared").status_code == 404, what="the first replica to unload")
 
 
 def test_a_broken_version_on_disk_keeps_the_previous_one_serving(
@@ -78,7 +78,7 @@ def test_a_broken_version_on_disk_keeps_the_previous_one_serving(
 ) -> None:
     a, b = replicas
     assert upload(a, "sturdy", model_bytes(seed=2)).status_code == 201
-    wait_until(lambda: serves(b, "sturdy", "1", 2), what="v1 on the second replica")
+    wait_for(lambda: serves(b, "sturdy", "1", 2), what="v1 on the second replica")
     write_model(repo, "sturdy", b"copied in broken", version=2)
 
     def broken_seen(client: httpx.Client) -> bool:
@@ -89,9 +89,9 @@ def test_a_broken_version_on_disk_keeps_the_previous_one_serving(
         )
 
     for client in (a, b):
-        wait_until(lambda c=client: broken_seen(c), what="the broken v2 to be tried")
+        wait_for(lambda c=client: broken_seen(c), what="the broken v2 to be tried")
         assert serves(client, "sturdy", "1", 2)
     # Fixing the file on disk is picked up too.
     write_model(repo, "sturdy", model_bytes(seed=3), version=2)
     for client in (a, b):
-        wait_until(lambda c=client: serves(c, "sturdy", "2", 3), what="the fixed v2")
+        wait_for(lambda c=client: serves(c, "sturdy", "2", 3), what="the fixed v2")

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from app.registry.validation import validate_model_file
-from tests.integration.uploads import AUTH, KEY, infer, model_bytes, staging_entries, wait_until
+from tests.http_probes import wait_for
+from tests.integration.uploads import AUTH, KEY, infer, model_bytes, staging_entries
 from tests.onnx_models import mlp, write_model
 from tests.server import RunningServer
 
@@ -67,7 +68,7 @@ def test_kill_while_the_body_streams_in(tmp_path: Path) -> None:
             sock.sendall(chunk)
             if staged_bytes(repo) > 0:
                 break
-        wait_until(lambda: staged_bytes(repo) > 0, what="part of the upload on disk")
+        wait_for(lambda: staged_bytes(repo) > 0, what="part of the upload on disk")
         server.stop(signal.SIGKILL)
     assert staged_bytes(repo) > 0  # the kill left a partial file behind
     restarted = assert_consistent_after_restart(repo)
@@ -96,7 +97,7 @@ def test_kill_right_after_the_version_lands(tmp_path: Path) -> None:
 
     sender = threading.Thread(target=send)
     sender.start()
-    wait_until(target.exists, what="the installed version")
+    wait_for(target.exists, what="the installed version")
     server.stop(signal.SIGKILL)
     sender.join()
     restarted = assert_consistent_after_restart(repo)

@@ -1,11 +1,8 @@
-"""Helpers for the model lifecycle tests: uploads, reference outputs, disk snapshots, waits."""
+"""Helpers for the model lifecycle tests: uploads, reference outputs, disk snapshots."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -17,8 +14,6 @@ from tests.onnx_models import mlp
 KEY = "lifecycle-management-key"
 AUTH = {"X-API-Key": KEY}
 X = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
-
-T = TypeVar("T")
 
 
 def model_bytes(seed: int = 0) -> bytes:
@@ -69,15 +64,3 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def staging_entries(repository: Path) -> list[str]:
     staging = repository / ".staging"
     return sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
-
-
-def wait_until(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "") -> T:
-    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or probe}")
-        time.sleep(0.05)
