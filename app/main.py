@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.api import errors
-from app.api.fastpath import serve_plain_routes
+from app.api.fastpath import PlainRoutes, ServingApp
 from app.api.middleware import InFlightRequests, RequestContextMiddleware
 from app.api.routes import health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
@@ -106,7 +106,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         registry, metrics, limits_from(settings), default_timeout_us=settings.default_timeout_us
     )
 
-    app = FastAPI(
+    app = ServingApp(
         title="onnx-serve",
         version=__version__,
         description=DESCRIPTION,
@@ -133,7 +133,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, predict, images, metrics_routes):
         app.include_router(module.router)
-    serve_plain_routes(app, [*v2.PLAIN_ROUTES, *v1.PLAIN_ROUTES, *predict.PLAIN_ROUTES])
+    app.plain_routes = PlainRoutes(
+        [*v2.PLAIN_ROUTES, *v1.PLAIN_ROUTES, *predict.PLAIN_ROUTES],
+        partial(RequestContextMiddleware, state=app.state, inflight=app.state.inflight),
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

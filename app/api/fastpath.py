@@ -1,13 +1,14 @@
-"""Hot inference routes served ahead of FastAPI's routing, with the same answers and errors.
+"""Hot inference routes answered ahead of FastAPI's middleware and routing, with the same answers.
 
 The per-request cost of the HTTP layer dominates small models: FastAPI's dependency solving
-(each sync dependency takes a trip through a thread pool), its per-route wrappers, exception
-middleware and router cost more than running a small model. So the inference endpoints are
-also served by ``PlainRoutes``, the innermost user middleware: inside the request middleware
-(ids, access log, drain), ahead of the rest. It calls the same handlers as the FastAPI
-routes, which stay registered so that the OpenAPI schema documents them. A ``ServingError``
-becomes the same ``{"error": ...}`` answer as through the app's handlers; anything else
-propagates to the outer middleware exactly as it would from a route.
+(each sync dependency takes a trip through a thread pool), its per-route wrappers, its
+middleware (server errors, exception telemetry, body limits, exception handlers) and router
+cost more than running a small model. So the app (``ServingApp``) matches the inference
+endpoints first and serves them through the request middleware only (ids, access log, drain),
+which also answers any unexpected exception with the same 500 as for every other route. The
+endpoints call the same handlers as the FastAPI routes, which stay registered so that the
+OpenAPI schema documents them. A ``ServingError`` becomes the same ``{"error": ...}`` answer
+as through the app's handlers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
@@ -47,23 +47,38 @@ class PlainEndpoint:
 
 
 class PlainRoutes:
-    """ASGI middleware that serves its POST routes itself and passes everything else on."""
+    """POST routes matched ahead of the app's middleware and served through ``wrap(endpoint)``."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[tuple[str, Handler]]) -> None:
-        self.app = app
+    def __init__(
+        self, routes: Sequence[tuple[str, Handler]], wrap: Callable[[ASGIApp], ASGIApp]
+    ) -> None:
         self.routes = [Route(path, PlainEndpoint(h), methods=["POST"]) for path, h in routes]
+        self.serve = wrap(self._endpoint)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def match(self, scope: Scope) -> bool:
+        """Whether one of the routes serves this request; if so its path parameters are set."""
         if scope["type"] == "http" and scope["method"] == "POST":
             for route in self.routes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child_scope)
-                    await route.app(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+                    return True
+        return False
+
+    @staticmethod
+    async def _endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["endpoint"](scope, receive, send)
 
 
-def serve_plain_routes(app: FastAPI, routes: Sequence[tuple[str, Handler]]) -> None:
-    """Serve ``routes`` through ``PlainRoutes``, inside every middleware added so far."""
-    app.user_middleware.append(Middleware(PlainRoutes, routes=routes))
+class ServingApp(FastAPI):
+    """The FastAPI app, answering the requests of its ``plain_routes`` (if any) first."""
+
+    plain_routes: PlainRoutes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        plain = self.plain_routes
+        if plain is not None and plain.match(scope):
+            scope["app"] = self
+            await plain.serve(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

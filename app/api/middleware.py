@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -35,14 +37,36 @@ MAX_LOGGED_PATH = 200
 CLIENT_CLOSED = 499
 
 
+class RequestIds:
+    """Unique request ids: a random prefix per process, then a counter (32 hex digits).
+
+    As unique as random ids across processes and restarts, at a fraction of their cost.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new prefix and counter (a forked child must not repeat its parent's ids)."""
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_request_ids = RequestIds()
+os.register_at_fork(after_in_child=_request_ids.reset)
+
+
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
-    """The client's ``X-Request-ID`` when it is sane, else a new random id."""
+    """The client's ``X-Request-ID`` when it is sane, else a new unique id."""
     for name, value in headers:
         if name == REQUEST_ID_HEADER:
             if SANE_REQUEST_ID.fullmatch(value):
                 return value.decode("ascii")
             break
-    return uuid.uuid4().hex
+    return _request_ids.new()
 
 
 def timeout_from(headers: list[tuple[bytes, bytes]]) -> int | None:

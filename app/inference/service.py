@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
+from types import TracebackType
 
 import numpy as np
 
@@ -83,6 +82,44 @@ def runtime_error(exc: Exception) -> ServingError:
     return InferenceFailed(f"inference failed: {message}")
 
 
+class ModelRequest:
+    """``with service.request(name, version) as (model, observation):`` (see ``request``).
+
+    A class rather than a generator-based context manager: it is entered on every request.
+    """
+
+    __slots__ = ("_service", "_name", "_version", "_model", "_observation")
+
+    def __init__(self, service: InferenceService, name: str, version: str | None) -> None:
+        self._service = service
+        self._name = name
+        self._version = version
+
+    def __enter__(self) -> tuple[ModelVersion, RequestObservation]:
+        service = self._service
+        model = self._model = service.registry.get(self._name, self._version)
+        # Held from lookup to response: a version swap retires this pool only after it.
+        model.pool.hold()
+        try:
+            observation = service.metrics.request(model.name, str(model.version)).__enter__()
+        except BaseException:
+            model.pool.release()
+            raise
+        self._observation = observation
+        return model, observation
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._observation.__exit__(kind, exc, tb)
+        finally:
+            self._model.pool.release()
+
+
 class InferenceService:
     """Runs validated requests on the registry's models and reports them to metrics."""
 
@@ -99,19 +136,9 @@ class InferenceService:
         #: Queue timeout of requests that set none, for models without a batcher (0: none).
         self.default_timeout_us = default_timeout_us
 
-    @contextmanager
-    def request(
-        self, name: str, version: str | None
-    ) -> Iterator[tuple[ModelVersion, RequestObservation]]:
+    def request(self, name: str, version: str | None) -> ModelRequest:
         """Look the model up, then time and count everything done inside the block."""
-        model = self.registry.get(name, version)
-        # Held from lookup to response: a version swap retires this pool only after it.
-        model.pool.hold()
-        try:
-            with self.metrics.request(model.name, str(model.version)) as observation:
-                yield model, observation
-        finally:
-            model.pool.release()
+        return ModelRequest(self, name, version)
 
     async def run(
         self,
