@@ -19,6 +19,19 @@ from app.registry.registry import ModelRegistry
 from app.settings import Settings
 
 
+def header(request: Request, name: str) -> str | None:
+    """The first ``name`` header's value, as ``request.headers.get`` gives it.
+
+    Without building the request's headers mapping, which costs more than this scan on the
+    hot inference paths.
+    """
+    key = name.lower().encode("latin-1")
+    for found, value in request.scope["headers"]:
+        if found == key:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -53,7 +66,7 @@ InstallerDep = Annotated[ModelInstaller, Depends(get_installer)]
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
+    declared = header(request, "content-length")
     if declared is not None:
         try:
             size = int(declared)

@@ -13,13 +13,16 @@ as through the app's handlers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from starlette._utils import get_route_path
+from starlette.convertors import Convertor
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import require_inference
@@ -52,16 +55,26 @@ class PlainRoutes:
     def __init__(
         self, routes: Sequence[tuple[str, Handler]], wrap: Callable[[ASGIApp], ASGIApp]
     ) -> None:
-        self.routes = [Route(path, PlainEndpoint(h), methods=["POST"]) for path, h in routes]
+        # Matched as a Starlette route would be (same patterns and conversions), without
+        # building a Route's intermediate scopes.
+        self.routes: list[tuple[re.Pattern[str], dict[str, Convertor[Any]], PlainEndpoint]] = []
+        for path, handler in routes:
+            pattern, _, convertors = compile_path(path)
+            self.routes.append((pattern, convertors, PlainEndpoint(handler)))
         self.serve = wrap(self._endpoint)
 
     def match(self, scope: Scope) -> bool:
         """Whether one of the routes serves this request; if so its path parameters are set."""
         if scope["type"] == "http" and scope["method"] == "POST":
-            for route in self.routes:
-                match, child_scope = route.matches(scope)
-                if match is Match.FULL:
-                    scope.update(child_scope)
+            path = get_route_path(scope)
+            for pattern, convertors, endpoint in self.routes:
+                found = pattern.match(path)
+                if found is not None:
+                    params = dict(scope.get("path_params", {}))
+                    for key, value in found.groupdict().items():
+                        params[key] = convertors[key].convert(value)
+                    scope["endpoint"] = endpoint
+                    scope["path_params"] = params
                     return True
         return False
 

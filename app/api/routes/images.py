@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response
 
-from app.api.deps import Inference, ServiceDep, SettingsDep, read_body
+from app.api.deps import Inference, ServiceDep, SettingsDep, header, read_body
 from app.api.responses import json_response
 from app.errors import BadRequest, UnsupportedMediaType
 from app.inference.image_plan import Invert
@@ -202,7 +202,7 @@ class ImageRequest:
 
 
 def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return (header(request, "content-type") or "").partition(";")[0].strip().lower()
 
 
 def is_upload(request: Request) -> bool:

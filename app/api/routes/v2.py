@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import Inference, RegistryDep, ServiceDep, read_body
+from app.api.deps import Inference, RegistryDep, ServiceDep, header, read_body
 from app.api.responses import error_response, json_response
 from app.errors import ServingError
 from app.inference.batching import timeout_parameter
@@ -202,7 +202,7 @@ async def handle_infer(
 ) -> Response:
     """Run a v2 inference request (also mounted as a plain route: see app/api/fastpath.py)."""
     service: InferenceService = request.app.state.service
-    header_length = binary.parse_header_length(request.headers.get(HEADER_LENGTH))
+    header_length = binary.parse_header_length(header(request, HEADER_LENGTH))
     with service.request(model_name, model_version) as (model, observation):
         body = await read_body(request, service.limits.max_request_bytes)
         decoded = parse_infer_request(body, header_length, service.limits)
