@@ -171,6 +171,25 @@ class RequestObservation:
         self._series.compute_seconds.observe(seconds)
         self._series.stats.compute_infer.add(seconds)
 
+    def executed(self, rows: int, seconds: float) -> None:
+        """Count the session run made for this request alone (``Metrics.executed``)."""
+        count_execution(self._series, rows, seconds)
+
+
+def count_execution(series: ModelSeries, rows: int, seconds: float) -> None:
+    """Count one session run of ``series``' model over ``rows`` inferences in ``seconds``."""
+    series.execution_count.inc()
+    series.inference_count.inc(rows)
+    series.batch_size.observe(rows)
+    stats = series.stats
+    stats.execution_count += 1
+    stats.inference_count += rows
+    stats.last_inference_ms = int(time.time() * 1000)
+    batch = stats.batches.get(rows)
+    if batch is None:
+        batch = stats.batches[rows] = Duration()
+    batch.add(seconds)
+
 
 def thread_count() -> int:
     """OS threads of this process, onnxruntime's native ones included (Linux), else Python's."""
@@ -321,15 +340,7 @@ class Metrics:
 
     def executed(self, model: str, version: str, rows: int, seconds: float) -> None:
         """Count one session run over ``rows`` inferences that took ``seconds``."""
-        series = self.series(model, version)
-        series.execution_count.inc()
-        series.inference_count.inc(rows)
-        series.batch_size.observe(rows)
-        stats = series.stats
-        stats.execution_count += 1
-        stats.inference_count += rows
-        stats.last_inference_ms = int(time.time() * 1000)
-        stats.batches.setdefault(rows, Duration()).add(seconds)
+        count_execution(self.series(model, version), rows, seconds)
 
     def model_loaded(
         self, model: str, version: str, provider: str, seconds: float, requested: str | None

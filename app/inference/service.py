@@ -194,5 +194,5 @@ class InferenceService:
             raise runtime_error(exc) from None
         observation.queued(queued)
         observation.computed(computed)
-        self.metrics.executed(model.name, str(model.version), rows, computed)
+        observation.executed(rows, computed)
         return dict(zip(names, results, strict=True))

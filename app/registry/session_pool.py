@@ -259,7 +259,9 @@ class SessionPool:
             if self._closed or (self._retired and self._active == 0):
                 raise ModelNotReady("this model version was unloaded; retry the request")
             self._active += 1
-            self._drained.clear()
+            if self._active == 1:
+                # Set only while nothing is active: clearing it again would cost a lock.
+                self._drained.clear()
 
     def _leave(self) -> None:
         with self._lock:
