@@ -137,6 +137,8 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, state: State, inflight: InFlightRequests) -> None:
         self.app = app
         self.state = state
+        # Read twice a request: the state's own dict spares its attribute fallback.
+        self._state_values: dict[str, Any] = state._state
         self.inflight = inflight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -150,22 +152,23 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         counted = scope["path"] not in DRAIN_EXEMPT
         response: dict[str, Any] = {"status": 0, "bytes": 0}
+        state = self._state_values
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                headers.append((REQUEST_ID_HEADER, encoded_id))
-                if self.state.shutting_down:
+            kind = message["type"]
+            if kind == "http.response.start":
+                headers = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded_id)]
+                if state["shutting_down"]:
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
                 response["status"] = message["status"]
-            elif message["type"] == "http.response.body":
+            elif kind == "http.response.body":
                 response["bytes"] += len(message.get("body", b""))
             await send(message)
 
         timeout_token = None
         try:
-            if counted and self.state.shutting_down:
+            if counted and state["shutting_down"]:
                 error = ShuttingDown("the server is shutting down; retry on another instance")
                 for message in _error_messages(error.status, error.message):
                     await send_with_id(message)
