@@ -108,11 +108,16 @@ class ModelVersion:
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
-    datatype = ORT_TO_V2.get(arg.type)
+    try:
+        name, kind, dims = arg.name, arg.type, arg.shape
+    except UnicodeDecodeError:
+        # A name or symbolic dimension that is not UTF-8: the file's fault, not the server's.
+        raise InvalidModel("a tensor's name, type or dimension is not valid UTF-8") from None
+    datatype = ORT_TO_V2.get(kind)
     if datatype is None:
-        raise InvalidModel(f"tensor '{arg.name}' has unsupported type {arg.type}")
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
-    return TensorSpec(arg.name, datatype, shape)
+        raise InvalidModel(f"tensor '{name}' has unsupported type {kind}")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (dims or []))
+    return TensorSpec(name, datatype, shape)
 
 
 def infer_max_batch_size(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> int:
