@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from app.errors import InvalidModel
 from app.registry.validation import check_external_data, max_supported_opset, validate_model_file
-from tests.onnx_models import add_mul, mlp
+from tests.onnx_models import add_mul, identity, mlp
 
 
 def save(path: Path, model: onnx.ModelProto | bytes) -> Path:
@@ -151,3 +151,11 @@ def test_unservable_tensor_type_is_refused(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     assert "unsupported type" in refusal(save(tmp_path / "m.onnx", model))
+
+
+def test_tensor_name_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    raw = identity(shape=["N", 4]).SerializeToString()
+    # Same length, so every protobuf length prefix stays right; only the text breaks.
+    broken = raw.replace(b"output", b"outp\xffu")
+    assert broken != raw
+    assert "UTF-8" in refusal(save(tmp_path / "model.onnx", broken))
