@@ -26,7 +26,7 @@ import numpy as np
 from app.errors import BadRequest, ModelNotReady, QueueFull, QueueTimeout, ServingError
 from app.metrics import Metrics
 from app.registry.config import DynamicBatchingConfig
-from app.registry.model import ModelVersion
+from app.registry.model import ModelVersion, padded_batch_size
 from app.registry.session_pool import SessionPool
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class DynamicBatcher:
         max_batch_size: int,
         config: DynamicBatchingConfig,
         default_timeout_us: int = 0,
+        pad_rows: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("dynamic batching needs a model with a batch dimension")
@@ -117,6 +118,8 @@ class DynamicBatcher:
         self._hold: asyncio.TimerHandle | None = None
         self._closed = False
         self._run_seconds = 0.0
+        #: Every run is padded with zero rows to this many (one shape for GPU kernels).
+        self._pad_rows = pad_rows
 
     @property
     def depth(self) -> int:
@@ -346,7 +349,7 @@ class DynamicBatcher:
     ) -> tuple[list[_Outcome], list[tuple[int, float]]]:
         """Run a batch (merged if it has several requests); returns outcomes and runs."""
         runs: list[tuple[int, float]] = []
-        if len(batch) > 1:
+        if len(batch) > 1 or self._pad_rows is not None:
             started = time.perf_counter()
             try:
                 merged = self._run_merged(batch, names, runs)
@@ -374,14 +377,21 @@ class DynamicBatcher:
     def _run_merged(
         self, batch: list[_Pending], names: list[str], runs: list[tuple[int, float]]
     ) -> list[Tensors]:
-        feeds = {n: np.concatenate([e.feeds[n] for e in batch]) for n in self._inputs}
         rows = sum(e.rows for e in batch)
+        padding = max(0, (self._pad_rows or 0) - rows)
+        feeds = {
+            n: np.concatenate(
+                [e.feeds[n] for e in batch]
+                + ([_zero_rows(batch[0].feeds[n], padding)] if padding else [])
+            )
+            for n in self._inputs
+        }
         results, seconds = self._pool.run_blocking(feeds, names)
         for name, array in zip(names, results, strict=True):
-            if array.ndim == 0 or array.shape[0] != rows:
+            if array.ndim == 0 or array.shape[0] != rows + padding:
                 raise ValueError(
                     f"output '{name}' has {array.shape[0] if array.ndim else 0} rows for a "
-                    f"batch of {rows}; the model does not keep rows apart"
+                    f"batch of {rows + padding}; the model does not keep rows apart"
                 )
         runs.append((rows, seconds))
         split: list[Tensors] = []
@@ -392,6 +402,14 @@ class DynamicBatcher:
             split.append({n: by_name[n][offset:end] for n in entry.outputs})
             offset = end
         return split
+
+
+def _zero_rows(like: np.ndarray, count: int) -> np.ndarray:
+    """``count`` rows of zeros (empty strings for text) shaped like the rows of ``like``."""
+    shape = (count, *like.shape[1:])
+    if like.dtype.kind == "O":
+        return np.full(shape, "", dtype=np.object_)
+    return np.zeros(shape, dtype=like.dtype)
 
 
 def _cut_to_preferred(picked: list[_Pending], preferred: list[int]) -> tuple[list[_Pending], int]:
@@ -427,4 +445,5 @@ def batcher_for(
         max_batch_size=model.max_batch_size,
         config=config,
         default_timeout_us=default_timeout_us,
+        pad_rows=padded_batch_size(model.config, model.max_batch_size, model.provider),
     )

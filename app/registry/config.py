@@ -68,6 +68,12 @@ class DynamicBatchingConfig(_Strict):
     )
     max_queue_size: int = Field(1024, ge=1, description="Queued requests before 503.")
     timeout_us: int = Field(0, ge=0, description="Queue timeout (504); 0 uses the server's.")
+    pad_batches: bool | Literal["auto"] = Field(
+        "auto",
+        description="Pad every run with zero rows to one size (the largest preferred batch "
+        "size, else max_batch_size) so the graph always sees one shape; 'auto' pads on GPU "
+        "providers, whose kernels re-plan (for hundreds of ms) whenever the shape changes.",
+    )
 
 
 class WarmupConfig(_Strict):

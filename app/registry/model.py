@@ -152,6 +152,18 @@ def session_options(config: SessionConfig, threads: int) -> ort.SessionOptions:
 MAX_WARMUP_BYTES = 1 << 30
 
 
+def padded_batch_size(config: ModelConfig, max_batch_size: int, provider: str) -> int | None:
+    """Rows every batched run is padded to, or None when runs keep their own size."""
+    batching = config.dynamic_batching
+    if batching is None or not batching.enabled or max_batch_size < 1:
+        return None
+    pad = batching.pad_batches
+    if pad is False or (pad == "auto" and provider == CPU):
+        return None
+    preferred = [s for s in batching.preferred_batch_sizes if s <= max_batch_size]
+    return max(preferred) if preferred else max_batch_size
+
+
 def warmup_feeds(inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:
     """Zeros for every input, dynamic dimensions set to ``batch`` (first) or 1."""
     feeds: dict[str, np.ndarray] = {}
@@ -274,6 +286,10 @@ def load_version(
     warm = time.perf_counter()
     if config.warmup.enabled:
         sizes = config.warmup.batch_sizes if max_batch > 0 else [1]
+        padded = padded_batch_size(config, max_batch, actual[0])
+        if padded is not None:
+            # Batched runs all take this shape: plan its kernels before the first request.
+            sizes = [padded]
         try:
             for batch in sizes:
                 feeds = warmup_feeds(inputs, min(batch, max_batch) if max_batch else 1)

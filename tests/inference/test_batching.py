@@ -365,3 +365,48 @@ def test_timeout_parameter_must_be_microseconds(value: object) -> None:
         timeout_parameter(value)
     assert timeout_parameter(None) is None
     assert timeout_parameter(250) == 250
+
+
+def rows_seen() -> onnx.ModelProto:
+    """``y`` [N, 2]: every row holds N, the batch size the session ran with."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+            helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["x", "zerof"], ["x0"]),
+            helper.make_node("Add", ["x0", "nf"], ["y"]),
+        ],
+        "rows_seen",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        initializer=[
+            helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+            helper.make_tensor("zerof", TensorProto.FLOAT, [], [0.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize(("pad", "seen"), [(True, 8.0), (False, 3.0), ("auto", 3.0)])
+def test_padding_gives_every_run_one_shape(tmp_path: Path, pad: object, seen: float) -> None:
+    # "auto" pads only on accelerators, whose kernels re-plan whenever the shape changes.
+    model = load(
+        tmp_path,
+        rows_seen(),
+        dynamic_batching={"preferred_batch_sizes": [8], "pad_batches": pad},
+    )
+    metrics = Metrics()
+    batcher = make_batcher(model, metrics)
+
+    async def scenario() -> list[Any]:
+        x = np.ones((3, 2), np.float32)
+        return [await batcher.submit({"x": x}, ["y"], 3) for _ in range(2)]
+
+    for outputs, _, _ in run(scenario()):
+        assert outputs["y"].shape == (3, 2)
+        assert (outputs["y"] == seen).all()
+    assert batches(metrics) == {3: 2}  # the real rows are counted, not the padding
+    model.pool.retire(1)
