@@ -435,6 +435,7 @@ def batcher_for(
     config = model.config.dynamic_batching
     if config is None or not config.enabled or not model.batched:
         return None
+    pad_rows = padded_batch_size(model.config, model.max_batch_size, model.provider)
     return DynamicBatcher(
         model.pool,
         metrics,
@@ -442,8 +443,9 @@ def batcher_for(
         version=str(model.version),
         input_names=[s.name for s in model.inputs],
         output_names=model.output_names(),
-        max_batch_size=model.max_batch_size,
+        # Padded runs merge no more rows than the padded shape holds.
+        max_batch_size=model.max_batch_size if pad_rows is None else pad_rows,
         config=config,
         default_timeout_us=default_timeout_us,
-        pad_rows=padded_batch_size(model.config, model.max_batch_size, model.provider),
+        pad_rows=pad_rows,
     )

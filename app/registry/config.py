@@ -71,8 +71,8 @@ class DynamicBatchingConfig(_Strict):
     pad_batches: bool | Literal["auto"] = Field(
         "auto",
         description="Pad every run with zero rows to one size (the largest preferred batch "
-        "size, else max_batch_size) so the graph always sees one shape; 'auto' pads on GPU "
-        "providers, whose kernels re-plan (for hundreds of ms) whenever the shape changes.",
+        "size, else 8) so the graph always sees one shape; 'auto' pads on GPU providers, "
+        "whose kernels re-plan (for hundreds of ms) whenever the shape changes.",
     )
 
 

@@ -22,6 +22,9 @@ from app.registry.session_pool import SessionPool
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 64
+# Rows of a padded batch when no preferred size is configured: on an H200, ResNet-50 padded
+# to 8 rows ran 1.2x the raw batch-1 loop, padded to 64 rows 0.55x.
+DEFAULT_PADDED_BATCH = 8
 CPU = "CPUExecutionProvider"
 # A CPU model whose largest batch runs faster than this runs on the event loop (see
 # ``runs_inline``); its warm-up times this many runs.
@@ -161,7 +164,7 @@ def padded_batch_size(config: ModelConfig, max_batch_size: int, provider: str) -
     if pad is False or (pad == "auto" and provider == CPU):
         return None
     preferred = [s for s in batching.preferred_batch_sizes if s <= max_batch_size]
-    return max(preferred) if preferred else max_batch_size
+    return max(preferred) if preferred else min(max_batch_size, DEFAULT_PADDED_BATCH)
 
 
 def warmup_feeds(inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:

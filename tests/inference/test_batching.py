@@ -410,3 +410,20 @@ def test_padding_gives_every_run_one_shape(tmp_path: Path, pad: object, seen: fl
         assert (outputs["y"] == seen).all()
     assert batches(metrics) == {3: 2}  # the real rows are counted, not the padding
     model.pool.retire(1)
+
+
+def test_padded_batches_merge_no_more_rows_than_the_padded_shape(tmp_path: Path) -> None:
+    model = load(tmp_path, rows_seen(), dynamic_batching={"pad_batches": True})
+    metrics = Metrics()
+    batcher = make_batcher(model, metrics)
+    assert batcher.max_batch_size == 8  # no preferred size: 8 rows, not max_batch_size 64
+
+    async def scenario() -> list[Any]:
+        x = np.ones((3, 2), np.float32)
+        return await asyncio.gather(*[batcher.submit({"x": x}, ["y"], 3) for _ in range(6)])
+
+    for outputs, _, _ in run(scenario()):
+        assert (outputs["y"] == 8.0).all()
+    assert sum(size * count for size, count in batches(metrics).items()) == 18
+    assert max(batches(metrics)) <= 8
+    model.pool.retire(1)
