@@ -9,12 +9,10 @@ served digits model must get at least 95% of them right through each form.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import shutil
 from collections.abc import Callable, Iterator
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -23,6 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLE_MODELS
+from tests.integration.conftest import load_sample_builder
 from tests.onnx_models import identity, write_model
 from tests.server import RunningServer
 
@@ -32,16 +31,6 @@ PNG = {"content-type": "image/png"}
 TOLERANCE = 1 / 255 + 1e-6
 STYLES = ("dark_on_light_32", "light_on_dark_64")
 Post = Callable[[httpx.Client, list[bytes]], list[int]]
-
-
-def sample_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "build_samples", SAMPLE_MODELS / "build_samples.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -72,7 +61,7 @@ def digits() -> tuple[dict[str, list[bytes]], np.ndarray]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    _, held = sample_builder().digits_split(data.target)
+    _, held = load_sample_builder().digits_split(data.target)
     assert len(held) >= 300
     rendered = {style: [render(data.images[i], style) for i in held] for style in STYLES}
     return rendered, data.target[held]
