@@ -10,6 +10,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from app.registry.config import ModelConfig
+from app.registry.model import ModelVersion, load_version
+
 OPSET = 17
 
 # v2 datatype -> ONNX element type, for every type the protocol carries.
@@ -169,3 +172,31 @@ def probe(width: int | str = "M", table_rows: int = 5) -> onnx.ModelProto:
         ],
     )
     return _model(graph)
+
+
+def failing_warmup() -> onnx.ModelProto:
+    """Valid, but a run on zeros fails: a Range whose step (delta) is 0."""
+    graph = helper.make_graph(
+        [helper.make_node("Range", ["start", "limit", "delta"], ["y"])],
+        "range",
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, [])
+            for n in ("start", "limit", "delta")
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["K"])],
+    )
+    return _model(graph)
+
+
+def load_on_cpu(root: Path, model: onnx.ModelProto, **config: Any) -> ModelVersion:
+    """Write ``model`` as ``m`` v1 under ``root`` and load it on the CPU provider."""
+    path = write_model(root, "m", model)
+    return load_version(
+        "m",
+        1,
+        path,
+        ModelConfig.model_validate(config),
+        default_providers="cpu",
+        require_accelerator=False,
+        cpu_quota=2,
+    )

@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -54,14 +55,20 @@ def format_config_error(exc: ValidationError) -> str:
     return "invalid config.json: " + "; ".join(parts)
 
 
-def parse_config(raw: bytes | str) -> ModelConfig:
-    """Parse and validate config JSON text, raising a 422 that names each bad key."""
+def config_object(raw: bytes | str, what: str = "config.json") -> dict[str, Any]:
+    """Parse config text that must be a JSON object, as a 422 naming ``what`` otherwise."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidModel(f"config.json is not valid JSON: {exc}") from None
+        raise InvalidModel(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise InvalidModel("config.json must hold a JSON object")
+        raise InvalidModel(f"{what} must hold a JSON object")
+    return doc
+
+
+def parse_config(raw: bytes | str) -> ModelConfig:
+    """Parse and validate config JSON text, raising a 422 that names each bad key."""
+    doc = config_object(raw)
     try:
         return ModelConfig.model_validate(doc)
     except ValidationError as exc:

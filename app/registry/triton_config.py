@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from app.errors import InvalidModel
-from app.registry.repository import parse_config
+from app.registry.repository import config_object, parse_config
 
 PLATFORMS = {"onnxruntime_onnx", "onnxruntime"}
 KINDS = {"KIND_CPU": "cpu", "KIND_GPU": "gpu", "KIND_AUTO": "auto", "KIND_MODEL": "auto"}
@@ -76,12 +76,7 @@ def translate(doc: dict[str, Any], name: str) -> dict[str, Any]:
 
 def config_from_load(text: str, name: str) -> bytes:
     """The config.json bytes for a load request's ``parameters.config`` (422 if invalid)."""
-    try:
-        doc = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidModel(f"parameters.config is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidModel("parameters.config must hold a JSON object")
+    doc = config_object(text, "parameters.config")
     try:
         translated = translate(doc, name)
     except (TypeError, ValueError, AttributeError) as exc:

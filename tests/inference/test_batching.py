@@ -24,25 +24,11 @@ from app.inference.batching import (
     timeout_parameter,
 )
 from app.metrics import Metrics
-from app.registry.config import ModelConfig
-from app.registry.model import ModelVersion, load_version
-from tests.onnx_models import OPSET, probe, write_model
+from app.registry.model import ModelVersion
+from tests.onnx_models import OPSET, load_on_cpu, probe
 
 # Loop iterations of the probe model that keep a run busy for a good while (~0.1-0.5 s).
 SLOW_SPIN = 60_000
-
-
-def load(tmp_path: Path, model: onnx.ModelProto, **config: Any) -> ModelVersion:
-    path = write_model(tmp_path, "m", model)
-    return load_version(
-        "m",
-        1,
-        path,
-        ModelConfig.model_validate(config),
-        default_providers="cpu",
-        require_accelerator=False,
-        cpu_quota=2,
-    )
 
 
 def make_batcher(model: ModelVersion, metrics: Metrics) -> DynamicBatcher:
@@ -81,19 +67,19 @@ async def until(condition: Callable[[], bool]) -> None:
 
 @pytest.fixture
 def probe_model(tmp_path: Path) -> ModelVersion:
-    return load(tmp_path, probe(), dynamic_batching={})
+    return load_on_cpu(tmp_path, probe(), dynamic_batching={})
 
 
 def test_batching_needs_config_and_batch_dim(tmp_path: Path) -> None:
-    assert batcher_for(load(tmp_path / "a", probe()), Metrics()) is None
-    off = load(tmp_path / "b", probe(), dynamic_batching={"enabled": False})
+    assert batcher_for(load_on_cpu(tmp_path / "a", probe()), Metrics()) is None
+    off = load_on_cpu(tmp_path / "b", probe(), dynamic_batching={"enabled": False})
     assert batcher_for(off, Metrics()) is None
-    unbatched = load(tmp_path / "c", probe(), dynamic_batching={}, max_batch_size=0)
+    unbatched = load_on_cpu(tmp_path / "c", probe(), dynamic_batching={}, max_batch_size=0)
     assert batcher_for(unbatched, Metrics()) is None
 
 
 def test_idle_instance_runs_at_once_even_with_a_delay(tmp_path: Path) -> None:
-    model = load(tmp_path, probe(), dynamic_batching={"max_queue_delay_us": 60_000_000})
+    model = load_on_cpu(tmp_path, probe(), dynamic_batching={"max_queue_delay_us": 60_000_000})
     batcher = make_batcher(model, Metrics())
 
     async def scenario() -> None:
@@ -160,7 +146,7 @@ def test_only_equal_trailing_shapes_merge(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     metrics = Metrics()
-    batcher = make_batcher(load(tmp_path, model, dynamic_batching={}), metrics)
+    batcher = make_batcher(load_on_cpu(tmp_path, model, dynamic_batching={}), metrics)
     arrays = [np.zeros((1, 2, 3), np.float32), np.zeros((1, 3, 2), np.float32)] * 2
 
     async def scenario() -> list[Any]:
@@ -210,7 +196,7 @@ def test_output_rows_are_checked(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     metrics = Metrics()
-    batcher = make_batcher(load(tmp_path, model, dynamic_batching={}), metrics)
+    batcher = make_batcher(load_on_cpu(tmp_path, model, dynamic_batching={}), metrics)
     xs = [np.full((2, 2), i, np.float32) for i in range(4)]
 
     async def scenario() -> list[Any]:
@@ -223,7 +209,7 @@ def test_output_rows_are_checked(tmp_path: Path) -> None:
 
 
 def test_preferred_batch_sizes_cut_batches(tmp_path: Path) -> None:
-    model = load(tmp_path, probe(), dynamic_batching={"preferred_batch_sizes": [4]})
+    model = load_on_cpu(tmp_path, probe(), dynamic_batching={"preferred_batch_sizes": [4]})
     metrics = Metrics()
     batcher = make_batcher(model, metrics)
 
@@ -238,7 +224,7 @@ def test_preferred_batch_sizes_cut_batches(tmp_path: Path) -> None:
 
 def test_delay_holds_a_queued_batch_until_it_fills(tmp_path: Path) -> None:
     config = {"max_queue_delay_us": 60_000_000, "preferred_batch_sizes": [4]}
-    model = load(tmp_path, probe(), dynamic_batching=config)
+    model = load_on_cpu(tmp_path, probe(), dynamic_batching=config)
     metrics = Metrics()
     batcher = make_batcher(model, metrics)
 
@@ -258,7 +244,7 @@ def test_delay_holds_a_queued_batch_until_it_fills(tmp_path: Path) -> None:
 
 
 def test_queue_full_is_refused_with_retry_after(tmp_path: Path) -> None:
-    model = load(tmp_path, probe(), dynamic_batching={"max_queue_size": 2})
+    model = load_on_cpu(tmp_path, probe(), dynamic_batching={"max_queue_size": 2})
     batcher = make_batcher(model, Metrics())
 
     async def scenario() -> None:
@@ -276,7 +262,7 @@ def test_queue_full_is_refused_with_retry_after(tmp_path: Path) -> None:
 
 
 def test_timeout_in_queue(tmp_path: Path) -> None:
-    model = load(tmp_path, probe(), dynamic_batching={"timeout_us": 20_000})
+    model = load_on_cpu(tmp_path, probe(), dynamic_batching={"timeout_us": 20_000})
     metrics = Metrics()
     batcher = make_batcher(model, metrics)
 
@@ -393,7 +379,7 @@ def rows_seen() -> onnx.ModelProto:
 @pytest.mark.parametrize(("pad", "seen"), [(True, 8.0), (False, 3.0), ("auto", 3.0)])
 def test_padding_gives_every_run_one_shape(tmp_path: Path, pad: object, seen: float) -> None:
     # "auto" pads only on accelerators, whose kernels re-plan whenever the shape changes.
-    model = load(
+    model = load_on_cpu(
         tmp_path,
         rows_seen(),
         dynamic_batching={"preferred_batch_sizes": [8], "pad_batches": pad},
@@ -413,7 +399,7 @@ def test_padding_gives_every_run_one_shape(tmp_path: Path, pad: object, seen: fl
 
 
 def test_padded_batches_merge_no_more_rows_than_the_padded_shape(tmp_path: Path) -> None:
-    model = load(tmp_path, rows_seen(), dynamic_batching={"pad_batches": True})
+    model = load_on_cpu(tmp_path, rows_seen(), dynamic_batching={"pad_batches": True})
     metrics = Metrics()
     batcher = make_batcher(model, metrics)
     assert batcher.max_batch_size == 8  # no preferred size: 8 rows, not max_batch_size 64

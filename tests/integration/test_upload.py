@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
 
 from tests.integration.uploads import (
     AUTH,
@@ -24,7 +23,7 @@ from tests.integration.uploads import (
     staging_entries,
     upload,
 )
-from tests.onnx_models import identity
+from tests.onnx_models import failing_warmup, identity
 from tests.server import RunningServer
 
 UPLOAD_LIMIT = 200_000
@@ -106,28 +105,12 @@ def test_config_and_labels_come_with_the_upload(client: httpx.Client, repo: Path
     assert bad.status_code == 422 and "unknown key 'nope'" in bad.json()["error"]
 
 
-def range_model() -> bytes:
-    """Valid, but its warm-up on zeros fails (a Range with step 0)."""
-    graph = helper.make_graph(
-        [helper.make_node("Range", ["start", "limit", "delta"], ["y"])],
-        "range",
-        [
-            helper.make_tensor_value_info(n, TensorProto.FLOAT, [])
-            for n in ("start", "limit", "delta")
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["K"])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
         (b"\xff" * 4096, "not an ONNX model"),
         (model_bytes()[:1500], "not an ONNX model"),
-        (range_model(), "warm-up inference on zeros failed"),
+        (failing_warmup().SerializeToString(), "warm-up inference on zeros failed"),
         (identity(shape=[2, 4]).SerializeToString(), "max_batch_size"),
     ],
     ids=["garbage", "truncated", "warmup-fails", "load-fails"],

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from app.registry.config import ModelConfig
-from app.registry.model import ModelVersion, load_version
-from tests.onnx_models import OPSET, identity, mlp, probe, write_model
-
-
-def load(tmp_path: Path, model: onnx.ModelProto, **config: Any) -> ModelVersion:
-    path = write_model(tmp_path, "m", model)
-    return load_version(
-        "m",
-        1,
-        path,
-        ModelConfig.model_validate(config),
-        default_providers="cpu",
-        require_accelerator=False,
-        cpu_quota=2,
-    )
+from tests.onnx_models import OPSET, identity, load_on_cpu, mlp, probe
 
 
 def big_matmul() -> onnx.ModelProto:
@@ -43,7 +27,7 @@ def big_matmul() -> onnx.ModelProto:
 
 
 def test_a_small_model_runs_inline_and_answers_right(tmp_path: Path) -> None:
-    model = load(tmp_path, mlp())
+    model = load_on_cpu(tmp_path, mlp())
     assert model.pool.inline
     x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
 
@@ -58,19 +42,19 @@ def test_a_small_model_runs_inline_and_answers_right(tmp_path: Path) -> None:
 
 def test_what_never_runs_inline(tmp_path: Path) -> None:
     # A dynamic non-batch dimension: a request could make the run as large as it likes.
-    assert not load(tmp_path / "a", identity(shape=["N", "M"])).pool.inline
+    assert not load_on_cpu(tmp_path / "a", identity(shape=["N", "M"])).pool.inline
     # A loop whose trip count comes from the data (fast on warm-up zeros).
-    assert not load(tmp_path / "b", probe(width=4)).pool.inline
+    assert not load_on_cpu(tmp_path / "b", probe(width=4)).pool.inline
     # Dynamic batching: requests queue for the pool's threads and merge there.
-    assert not load(tmp_path / "c", mlp(), dynamic_batching={}).pool.inline
+    assert not load_on_cpu(tmp_path / "c", mlp(), dynamic_batching={}).pool.inline
     # No warm-up, no measurement.
-    assert not load(tmp_path / "d", mlp(), warmup={"enabled": False}).pool.inline
+    assert not load_on_cpu(tmp_path / "d", mlp(), warmup={"enabled": False}).pool.inline
     # 64 rows of a 512x512 product take far longer than a hand-off to a thread.
-    assert not load(tmp_path / "e", big_matmul()).pool.inline
+    assert not load_on_cpu(tmp_path / "e", big_matmul()).pool.inline
 
 
 def test_a_slow_inline_run_sends_runs_back_to_threads(tmp_path: Path) -> None:
-    model = load(tmp_path, probe(width=4))
+    model = load_on_cpu(tmp_path, probe(width=4))
     model.pool.inline = True  # as if its warm-up had been fast and its graph plain
     feeds = {
         "x": np.ones((1, 4), np.float32),

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from app.errors import InvalidModel
 from app.registry.validation import check_external_data, max_supported_opset, validate_model_file
-from tests.onnx_models import add_mul, identity, mlp
+from tests.onnx_models import add_mul, failing_warmup, identity, mlp
 
 
 def save(path: Path, model: onnx.ModelProto | bytes) -> Path:
@@ -126,18 +126,7 @@ def test_external_data_inside_the_folder_is_accepted(tmp_path: Path) -> None:
 
 
 def test_failing_warmup_is_refused(tmp_path: Path) -> None:
-    # Range with a zero step (what zeros feed it) fails at run time, not at load.
-    graph = helper.make_graph(
-        [helper.make_node("Range", ["start", "limit", "delta"], ["y"])],
-        "range",
-        [
-            helper.make_tensor_value_info(n, TensorProto.FLOAT, [])
-            for n in ("start", "limit", "delta")
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["K"])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = failing_warmup()
     assert "warm-up inference on zeros failed" in refusal(save(tmp_path / "m.onnx", model))
 
 
