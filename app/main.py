@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -23,7 +25,7 @@ from app.api.shutdown import drain_on_signals
 from app.inference.batching import batcher_for
 from app.inference.service import InferenceService
 from app.log import configure_logging
-from app.metrics import Metrics, multiprocess_dir
+from app.metrics import Metrics, flush_periodically, multiprocess_dir
 from app.protocol.schemas import component_schemas
 from app.protocol.v2 import RequestLimits
 from app.registry.cuda_libraries import preload_cuda_libraries
@@ -69,6 +71,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if watcher is not None:
         watcher.start()
     app.state.ready = True
+    # With worker processes a scrape reads every worker's series from shared files: each
+    # worker moves its figures there on its own (a single process does it at each scrape).
+    flushing = (
+        asyncio.create_task(flush_periodically(app.state.metrics))
+        if multiprocess_dir() is not None
+        else None
+    )
     restore_signals = drain_on_signals(
         app.state, app.state.inflight, settings.shutdown_grace_seconds
     )
@@ -82,7 +91,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         closing = len(registry.live())
         await registry.close()
         log.info("shut down: closed the sessions of %d model versions", closing)
-        if multiprocess_dir() is not None:
+        if flushing is not None:
+            flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flushing
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

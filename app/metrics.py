@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -31,6 +33,8 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODEL_LABELS = ("model", "version")
+#: How often each worker moves its per-request figures into the series shared by workers.
+FLUSH_SECONDS = 1.0
 
 
 def multiprocess_dir() -> str | None:
@@ -94,39 +98,107 @@ class ModelStats:
         }
 
 
-class ModelSeries:
-    """One model version's per-request series with their labels bound once.
+class _Histogram(Histogram):
+    """A Histogram that also takes observations counted elsewhere (``Tally``), in bulk."""
 
-    ``labels()`` validates and looks its arguments up on every call, which costs more than
-    a small model's run; the hot path uses these children instead.
+    def add(self, counts: list[int], total: float) -> None:
+        for bucket, count in zip(self._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+        self._sum.inc(total)
+
+
+class Tally:
+    """Observations counted into a histogram's buckets as plain numbers, to be moved into
+    its Prometheus series later (``take``); cheaper than the series' locked updates."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # The bucket of ``value`` is the first bound it does not exceed (le), as Prometheus'.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def take(self) -> tuple[list[int], float] | None:
+        """The counts since the last call (None when there were none), then zero again."""
+        if not any(self.counts):
+            return None
+        taken = self.counts, self.total
+        self.counts = [0] * len(taken[0])
+        self.total = 0.0
+        return taken
+
+
+class ModelSeries:
+    """One model version's per-request figures.
+
+    The hot path counts into plain numbers here; ``flush`` moves them into the version's
+    Prometheus series (at every scrape of this process, and every ``FLUSH_SECONDS`` when
+    worker processes share their series). Locked Prometheus updates, nine a request, cost
+    more than a small model's run. Everything here runs on the event loop thread.
     """
 
     __slots__ = (
         "model",
         "version",
+        "stats",
+        "_children",
+        "inflight",
         "success",
+        "inferences",
+        "executions",
         "request_seconds",
         "queue_seconds",
         "compute_seconds",
-        "inference_count",
-        "execution_count",
         "batch_size",
-        "inflight",
-        "stats",
     )
 
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
         self.model = model
         self.version = version
-        self.success = metrics.request_success.labels(model, version)
-        self.request_seconds = metrics.request_seconds.labels(model, version)
-        self.queue_seconds = metrics.queue_seconds.labels(model, version)
-        self.compute_seconds = metrics.compute_seconds.labels(model, version)
-        self.inference_count = metrics.inference_count.labels(model, version)
-        self.execution_count = metrics.execution_count.labels(model, version)
-        self.batch_size = metrics.batch_size.labels(model, version)
-        self.inflight = metrics.inflight.labels(model, version)
         self.stats = metrics.stats_for(model, version)
+        self._children = (
+            metrics.inflight.labels(model, version),
+            metrics.request_success.labels(model, version),
+            metrics.inference_count.labels(model, version),
+            metrics.execution_count.labels(model, version),
+            metrics.request_seconds.labels(model, version),
+            metrics.queue_seconds.labels(model, version),
+            metrics.compute_seconds.labels(model, version),
+            metrics.batch_size.labels(model, version),
+        )
+        self.inflight = 0
+        self.success = 0
+        self.inferences = 0
+        self.executions = 0
+        self.request_seconds = Tally(LATENCY_BUCKETS)
+        self.queue_seconds = Tally(LATENCY_BUCKETS)
+        self.compute_seconds = Tally(LATENCY_BUCKETS)
+        self.batch_size = Tally(BATCH_BUCKETS)
+
+    def flush(self) -> None:
+        """Move what was counted since the last flush into the Prometheus series."""
+        inflight, success, inferences, executions, *histograms = self._children
+        inflight.set(self.inflight)
+        if self.success:
+            success.inc(self.success)
+            self.success = 0
+        if self.inferences:
+            inferences.inc(self.inferences)
+            self.inferences = 0
+        if self.executions:
+            executions.inc(self.executions)
+            self.executions = 0
+        tallies = (self.request_seconds, self.queue_seconds, self.compute_seconds, self.batch_size)
+        for histogram, tally in zip(histograms, tallies, strict=True):
+            taken = tally.take()
+            if taken is not None:
+                histogram.add(*taken)
 
 
 class RequestObservation:
@@ -141,7 +213,7 @@ class RequestObservation:
         self._start = 0.0
 
     def __enter__(self) -> RequestObservation:
-        self._series.inflight.inc()
+        self._series.inflight += 1
         self._start = time.perf_counter()
         return self
 
@@ -154,13 +226,13 @@ class RequestObservation:
         series = self._series
         elapsed = time.perf_counter() - self._start
         if exc is None:
-            series.success.inc()
+            series.success += 1
             series.stats.success.add(elapsed)
         else:
             reason = exc.reason if isinstance(exc, ServingError) else "internal"
             self._metrics.request_failure.labels(series.model, series.version, reason).inc()
             series.stats.fail.add(elapsed)
-        series.inflight.dec()
+        series.inflight -= 1
         series.request_seconds.observe(elapsed)
 
     def queued(self, seconds: float) -> None:
@@ -178,8 +250,8 @@ class RequestObservation:
 
 def count_execution(series: ModelSeries, rows: int, seconds: float) -> None:
     """Count one session run of ``series``' model over ``rows`` inferences in ``seconds``."""
-    series.execution_count.inc()
-    series.inference_count.inc(rows)
+    series.executions += 1
+    series.inferences += rows
     series.batch_size.observe(rows)
     stats = series.stats
     stats.execution_count += 1
@@ -245,21 +317,21 @@ class Metrics:
             (*MODEL_LABELS, "reason"),
             registry=r,
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = _Histogram(
             "onnx_serve_request_duration_seconds",
             "Time from request arrival at the model to its answer.",
             MODEL_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_seconds = Histogram(
+        self.queue_seconds = _Histogram(
             "onnx_serve_queue_duration_seconds",
             "Time a request waited for a session or a batch.",
             MODEL_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.compute_seconds = Histogram(
+        self.compute_seconds = _Histogram(
             "onnx_serve_compute_duration_seconds",
             "Time onnxruntime spent running a request's batch.",
             MODEL_LABELS,
@@ -278,7 +350,7 @@ class Metrics:
             MODEL_LABELS,
             registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size = _Histogram(
             "onnx_serve_batch_size",
             "Rows in each session run.",
             MODEL_LABELS,
@@ -353,8 +425,18 @@ class Metrics:
     def model_unloaded(self, model: str, version: str, provider: str) -> None:
         self.ready.labels(model, version, provider).set(0)
 
+    def flush(self) -> None:
+        """Move the per-request figures counted since the last flush into their series."""
+        for series in list(self._series.values()):
+            series.flush()
+
     def exposition(self) -> bytes:
-        """The text exposition, aggregated over worker processes when there are several."""
+        """The text exposition, aggregated over worker processes when there are several.
+
+        This process's figures are flushed first; other workers flush theirs every
+        ``FLUSH_SECONDS`` (``flush_periodically``), so their share may lag by that much.
+        """
+        self.flush()
         directory = multiprocess_dir()
         if directory is None:
             return generate_latest(self.registry)
@@ -363,3 +445,17 @@ class Metrics:
         ProcessCollector(registry=merged)  # this worker's process only
         merged.register(RuntimeCollector(self.live_sessions))
         return generate_latest(merged)
+
+
+async def flush_periodically(metrics: Metrics, seconds: float = FLUSH_SECONDS) -> None:
+    """Flush ``metrics`` every ``seconds`` (until cancelled), and once more when cancelled.
+
+    With several workers, a scrape reads every worker's series from the shared files, so
+    each worker must flush on its own for its figures to appear there.
+    """
+    try:
+        while True:
+            await asyncio.sleep(seconds)
+            metrics.flush()
+    finally:
+        metrics.flush()

@@ -7,7 +7,6 @@ from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from app.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
@@ -74,18 +73,25 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequest("Content-Length is not an integer") from None
         if size > limit:
             raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit}")
+    # Read from ``receive`` directly: most bodies arrive in one message.
+    receive = request.receive
     chunks: list[bytes] = []
     total = 0
-    try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # The client's doing, not a server fault (nobody will read this answer anyway).
+            raise ClientDisconnected("the client disconnected before sending the whole body")
+        chunk: bytes = message.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
             chunks.append(chunk)
-    except ClientDisconnect:
-        # The client's doing, not a server fault (nobody will read this answer anyway).
-        raise ClientDisconnected("the client disconnected before sending the whole body") from None
-    return b"".join(chunks)
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def presented_key(request: Request) -> str | None:
@@ -125,16 +131,22 @@ async def client_gone(receive: Receive) -> None:
         pass
 
 
-async def require_inference(request: Request) -> None:
+def check_inference_access(request: Request) -> None:
     """Check the inference key when one is configured; queued work may see a disconnect.
 
-    Async (unlike a plain check) so that it runs in the request's own task, without a
-    thread hop, and so that the disconnect signal it sets is the endpoint's.
+    The disconnect signal is set in the calling task's context: call this from the task that
+    serves the request.
     """
-    key = get_settings(request).inference_api_key
+    key = request.app.state.settings.inference_api_key
     if key is not None:
         _check_key(request, key.get_secret_value(), "inference")
     disconnect_signal.set(partial(client_gone, request.receive))
+
+
+async def require_inference(request: Request) -> None:
+    """``check_inference_access`` as a dependency: async so that FastAPI runs it in the
+    request's own task, without a thread hop, where the disconnect signal is the endpoint's."""
+    check_inference_access(request)
 
 
 Management = Depends(require_management)

@@ -19,13 +19,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette._utils import get_route_path
-from starlette.convertors import Convertor
+from starlette.convertors import Convertor, StringConvertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.deps import require_inference
+from app.api.deps import check_inference_access
 from app.api.errors import serving_error
 from app.errors import ServingError
 
@@ -41,7 +41,7 @@ class PlainEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            await require_inference(request)
+            check_inference_access(request)
             params: dict[str, Any] = scope["path_params"]
             response = await self.handler(request, **params)
         except ServingError as exc:
@@ -56,31 +56,33 @@ class PlainRoutes:
         self, routes: Sequence[tuple[str, Handler]], wrap: Callable[[ASGIApp], ASGIApp]
     ) -> None:
         # Matched as a Starlette route would be (same patterns and conversions), without
-        # building a Route's intermediate scopes.
-        self.routes: list[tuple[re.Pattern[str], dict[str, Convertor[Any]], PlainEndpoint]] = []
+        # building a Route's intermediate scopes. Parameters of the ``str`` convertor are
+        # taken as matched (its conversion returns them unchanged).
+        self.routes: list[tuple[re.Pattern[str], dict[str, Convertor[Any]], ASGIApp]] = []
         for path, handler in routes:
             pattern, _, convertors = compile_path(path)
-            self.routes.append((pattern, convertors, PlainEndpoint(handler)))
-        self.serve = wrap(self._endpoint)
+            converted = {
+                key: convertor
+                for key, convertor in convertors.items()
+                if not isinstance(convertor, StringConvertor)
+            }
+            self.routes.append((pattern, converted, wrap(PlainEndpoint(handler))))
 
-    def match(self, scope: Scope) -> bool:
-        """Whether one of the routes serves this request; if so its path parameters are set."""
+    def match(self, scope: Scope) -> ASGIApp | None:
+        """The endpoint that serves this request, if any; its path parameters are then set."""
         if scope["type"] == "http" and scope["method"] == "POST":
             path = get_route_path(scope)
             for pattern, convertors, endpoint in self.routes:
                 found = pattern.match(path)
                 if found is not None:
-                    params = dict(scope.get("path_params", {}))
-                    for key, value in found.groupdict().items():
-                        params[key] = convertors[key].convert(value)
-                    scope["endpoint"] = endpoint
+                    params = found.groupdict()
+                    for key, convertor in convertors.items():
+                        params[key] = convertor.convert(params[key])
+                    if "path_params" in scope:
+                        params = {**scope["path_params"], **params}
                     scope["path_params"] = params
-                    return True
-        return False
-
-    @staticmethod
-    async def _endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        await scope["endpoint"](scope, receive, send)
+                    return endpoint
+        return None
 
 
 class ServingApp(FastAPI):
@@ -90,8 +92,9 @@ class ServingApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         plain = self.plain_routes
-        if plain is not None and plain.match(scope):
+        endpoint = plain.match(scope) if plain is not None else None
+        if endpoint is not None:
             scope["app"] = self
-            await plain.serve(scope, receive, send)
+            await endpoint(scope, receive, send)
             return
         await super().__call__(scope, receive, send)

@@ -63,22 +63,22 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     """The client's ``X-Request-ID`` when it is sane, else a new unique id."""
     for name, value in headers:
         if name == REQUEST_ID_HEADER:
-            if SANE_REQUEST_ID.fullmatch(value):
-                return value.decode("ascii")
-            break
+            return _request_id(value)
+    return _request_id(None)
+
+
+def _request_id(given: bytes | None) -> str:
+    if given is not None and SANE_REQUEST_ID.fullmatch(given):
+        return given.decode("ascii")
     return _request_ids.new()
 
 
-def timeout_from(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """The ``X-Request-Timeout-Us`` header as an integer, if present; 400 when malformed."""
-    for name, value in headers:
-        if name == TIMEOUT_HEADER:
-            if TIMEOUT_VALUE.fullmatch(value.strip()) is None:
-                raise BadRequest(
-                    "X-Request-Timeout-Us must be a non-negative integer of microseconds"
-                )
-            return int(value)
-    return None
+def _timeout(value: bytes | None) -> int | None:
+    if value is None:
+        return None
+    if TIMEOUT_VALUE.fullmatch(value.strip()) is None:
+        raise BadRequest("X-Request-Timeout-Us must be a non-negative integer of microseconds")
+    return int(value)
 
 
 class InFlightRequests:
@@ -145,25 +145,33 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_from(scope["headers"])
-        encoded_id = request_id.encode("ascii")
+        # Both headers this reads, in one pass over the request's headers.
+        given_id = timeout = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                if given_id is None:
+                    given_id = value
+            elif name == TIMEOUT_HEADER and timeout is None:
+                timeout = value
+        request_id = _request_id(given_id)
+        id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         scope.setdefault("state", {})["request_id"] = request_id
         token = current_request_id.set(request_id)
         started = time.perf_counter()
         counted = scope["path"] not in DRAIN_EXEMPT
-        response: dict[str, Any] = {"status": 0, "bytes": 0}
+        status = size = 0
         state = self._state_values
 
         async def send_with_id(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                headers = [*message.get("headers", ()), (REQUEST_ID_HEADER, encoded_id)]
+            nonlocal status, size
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), id_header]
                 if state["shutting_down"]:
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
-                response["status"] = message["status"]
-            elif kind == "http.response.body":
-                response["bytes"] += len(message.get("body", b""))
+                status = message["status"]
+            else:
+                size += len(message.get("body", b""))
             await send(message)
 
         timeout_token = None
@@ -174,7 +182,7 @@ class RequestContextMiddleware:
                     await send_with_id(message)
                 return
             try:
-                timeout_token = requested_timeout_us.set(timeout_from(scope["headers"]))
+                timeout_token = requested_timeout_us.set(_timeout(timeout))
             except ServingError as exc:
                 for message in _error_messages(exc.status, exc.message):
                     await send_with_id(message)
@@ -189,15 +197,15 @@ class RequestContextMiddleware:
         except ClientDisconnect:
             # The client left before the app read its body: no answer can reach it.
             log.info("client disconnected during %s %s", scope["method"], _path(scope))
-            if response["status"] == 0:
-                response["status"] = CLIENT_CLOSED
+            if status == 0:
+                status = CLIENT_CLOSED
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], _path(scope))
-            if response["status"] == 0:
+            if status == 0:
                 for message in _error_messages(500, "internal server error"):
                     await send_with_id(message)
         finally:
-            _log_access(scope, response["status"], response["bytes"], started)
+            _log_access(scope, status, size, started)
             if timeout_token is not None:
                 requested_timeout_us.reset(timeout_token)
             current_request_id.reset(token)

@@ -11,7 +11,7 @@ from app.errors import BadRequest, InferenceFailed, ServingError
 from app.inference.batching import ClientDisconnected, DynamicBatcher, disconnect_signal
 from app.metrics import Metrics, RequestObservation
 from app.protocol.v2 import RequestLimits
-from app.registry.model import ModelVersion
+from app.registry.model import ModelVersion, TensorSpec
 from app.registry.registry import ModelRegistry
 from app.registry.session_pool import RunAbandoned
 
@@ -27,29 +27,29 @@ _ORT_CLIENT_ERRORS = {"InvalidArgument", "InvalidGraph", "NotImplemented"}
 
 def validate_inputs(model: ModelVersion, inputs: Tensors) -> int:
     """Check names, dtypes and shapes against the model; return the batch size (rows)."""
-    for name in inputs:
-        if model.input(name) is None:
-            expected = ", ".join(s.name for s in model.inputs)
-            raise BadRequest(f"model '{model.name}' has no input '{name}' (inputs: {expected})")
+    specs = model.inputs
+    if len(inputs) != len(specs):
+        _check_names(model, inputs)
+    batched = model.max_batch_size > 0
     rows: int | None = None
-    for spec in model.inputs:
+    for spec in specs:
         array = inputs.get(spec.name)
         if array is None:
+            _check_names(model, inputs)
             raise BadRequest(f"input '{spec.name}' is missing")
         if array.dtype != spec.dtype:
             got = "BYTES" if array.dtype.kind in "OUS" else str(array.dtype)
             raise BadRequest(f"input '{spec.name}' must be {spec.datatype}, got {got}")
-        if array.ndim != len(spec.shape) or any(
-            want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
-        ):
-            raise BadRequest(
-                f"input '{spec.name}' has shape {list(array.shape)}, the model expects "
-                f"{list(spec.shape)} (-1 is any size)"
-            )
-        if model.batched:
+        shape = array.shape
+        if len(shape) != len(spec.shape):
+            raise _shape_error(spec, shape)
+        for want, got in zip(spec.shape, shape, strict=True):
+            if want != got and want != -1:
+                raise _shape_error(spec, shape)
+        if batched:
             if rows is None:
-                rows = array.shape[0]
-            elif array.shape[0] != rows:
+                rows = shape[0]
+            elif shape[0] != rows:
                 raise BadRequest("all inputs must have the same batch size (first dimension)")
     if rows is None:
         return 1
@@ -58,6 +58,20 @@ def validate_inputs(model: ModelVersion, inputs: Tensors) -> int:
             f"batch of {rows} is over the model's max_batch_size {model.max_batch_size}"
         )
     return rows
+
+
+def _check_names(model: ModelVersion, inputs: Tensors) -> None:
+    for name in inputs:
+        if model.input(name) is None:
+            expected = ", ".join(s.name for s in model.inputs)
+            raise BadRequest(f"model '{model.name}' has no input '{name}' (inputs: {expected})")
+
+
+def _shape_error(spec: TensorSpec, shape: tuple[int, ...]) -> BadRequest:
+    return BadRequest(
+        f"input '{spec.name}' has shape {list(shape)}, the model expects "
+        f"{list(spec.shape)} (-1 is any size)"
+    )
 
 
 def output_names(model: ModelVersion, requested: list[str] | None) -> list[str]:

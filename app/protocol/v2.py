@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,20 +145,22 @@ def encode_infer_response(
 ) -> tuple[bytes, int | None]:
     """Encode results as a v2 response; returns the body and the JSON header length when
     any output is binary (``None`` for a plain JSON body)."""
+    wanted: Iterable[tuple[str, bool]]
     if request.outputs is None:
-        wanted = [RequestedOutput(name, request.binary_outputs) for name in results]
+        binary_outputs = request.binary_outputs
+        wanted = ((name, binary_outputs) for name in results)
     else:
-        wanted = request.outputs
+        wanted = ((out.name, out.binary) for out in request.outputs)
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for out in wanted:
-        array = results[out.name]
+    for name, as_binary in wanted:
+        array = results[name]
         entry: dict[str, Any] = {
-            "name": out.name,
+            "name": name,
             "datatype": v2_datatype(array.dtype) or array.dtype.name,
             "shape": list(array.shape),
         }
-        if out.binary:
+        if as_binary:
             blob = binary.encode_tensor(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

@@ -27,6 +27,9 @@ class RunAbandoned(Exception):
 
 
 # An inline run that takes more CPU than this stops its pool running inline (``inline``).
+# Runs are timed on the wall clock (free); one that takes this long has the next run timed
+# on the thread's CPU clock (a system call), which preemptions by other processes, not the
+# model's doing, do not inflate.
 INLINE_SLOW_RUN = 0.002
 
 # Runs that started at once watch their client only after this many seconds.
@@ -86,14 +89,16 @@ class SessionPool:
         self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix=label)
         self._active = 0
         self._lock = threading.Lock()
+        # Set once the pool is retired and nothing is active (only then does anyone wait).
         self._drained = threading.Event()
-        self._drained.set()
         self._retired = False
         self._closed = False
         self._busy = 0
         #: Run on the event loop itself: set at load for models whose runs take microseconds
         #: (a hand-off to a thread would cost more than the run), cleared by a slow run.
         self.inline = False
+        # Set by an inline run slow on the wall clock: the next one is timed on the CPU clock.
+        self._suspect = False
         # Runs submitted through ``run`` and not finished (touched on the event loop only).
         self._runs = 0
 
@@ -182,22 +187,25 @@ class SessionPool:
     ) -> tuple[list[np.ndarray], float, float]:
         # Nothing else runs while the loop is here, so a session is free: no queue, no wait.
         self._enter()
-        # This thread's CPU time, unlike the wall time, does not count preemptions by other
-        # processes, which are not the model's doing.
-        cpu = time.thread_time()
+        suspect = self._suspect
+        cpu = time.thread_time() if suspect else 0.0
         try:
             result, compute = self.run_blocking(feeds, outputs)
         finally:
             self._leave()
-        cpu = time.thread_time() - cpu
-        if cpu > INLINE_SLOW_RUN:
-            # Inputs can steer a run's cost (sizes or loops read from the data): a run that
-            # proved slow sends this pool's runs back to its threads for good.
-            self.inline = False
-            log.warning(
-                "%s: a run took %.1f ms on the event loop; runs go to threads from now on",
-                self.label, cpu * 1000,
-            )  # fmt: skip
+        if suspect:
+            self._suspect = False
+            cpu = time.thread_time() - cpu
+            if cpu > INLINE_SLOW_RUN:
+                # Inputs can steer a run's cost (sizes or loops read from the data): a run
+                # that proved slow sends this pool's runs back to its threads for good.
+                self.inline = False
+                log.warning(
+                    "%s: a run took %.1f ms on the event loop; runs go to threads from now on",
+                    self.label, cpu * 1000,
+                )  # fmt: skip
+        elif compute > INLINE_SLOW_RUN:
+            self._suspect = True
         return result, 0.0, compute
 
     def _run_ended(self) -> None:
@@ -259,20 +267,19 @@ class SessionPool:
             if self._closed or (self._retired and self._active == 0):
                 raise ModelNotReady("this model version was unloaded; retry the request")
             self._active += 1
-            if self._active == 1:
-                # Set only while nothing is active: clearing it again would cost a lock.
-                self._drained.clear()
 
     def _leave(self) -> None:
         with self._lock:
             self._active -= 1
-            if self._active == 0:
+            if self._active == 0 and self._retired:
                 self._drained.set()
 
     def retire(self, timeout: float | None = None) -> bool:
         """Refuse new runs, wait for in-flight ones (blocking), then free the sessions."""
         with self._lock:
             self._retired = True
+            if self._active == 0:
+                self._drained.set()
         drained = self._drained.wait(timeout)
         with self._lock:
             self._closed = True

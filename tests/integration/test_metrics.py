@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.http_probes import metric_values
+from tests.http_probes import metric_values, wait_for
 from tests.onnx_models import mlp, write_model
 from tests.server import RunningServer
 
@@ -61,3 +61,37 @@ def test_series_after_traffic(server: RunningServer) -> None:
     assert ("process_resident_memory_bytes", frozenset()) in s
     # An unknown model name never creates a series.
     assert not any(dict(labels).get("model") == "ghost" for _, labels in s)
+
+
+def test_two_workers_add_up(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each worker counts on its own and moves its figures to the shared files every
+    second: /metrics on any worker adds every worker's requests up, none lost or doubled."""
+    root = tmp_path_factory.mktemp("models")
+    shared = tmp_path_factory.mktemp("metrics")
+    write_model(root, "mlp", mlp())
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    with RunningServer(root, env=env, args=["--workers", "2"]) as running:
+        sent = 0
+
+        def both_served() -> bool:
+            # A new connection each time; a worker writes counters once it has served one.
+            nonlocal sent
+            assert infer(running, 2).status_code == 200
+            sent += 1
+            return sent >= 60 and len(list(shared.glob("counter_*.db"))) == 2
+
+        wait_for(both_served, "requests served by both workers")
+        m = {"model": "mlp", "version": "1"}
+
+        def counted() -> Samples | None:
+            s = metric_values(running.url)
+            done = s.get(("onnx_serve_request_success_total", frozenset(m.items())))
+            return s if done == sent else None
+
+        s = wait_for(counted, f"{sent} successes counted")
+        assert value(s, "onnx_serve_request_duration_seconds_count", **m) == sent
+        assert value(s, "onnx_serve_queue_duration_seconds_count", **m) == sent
+        assert value(s, "onnx_serve_inference_count_total", **m) == 2 * sent
+        assert value(s, "onnx_serve_execution_count_total", **m) == sent
+        assert value(s, "onnx_serve_batch_size_bucket", le="2.0", **m) == sent
+        assert value(s, "onnx_serve_inflight_requests", **m) == 0

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.deps import Inference, RegistryDep, ServiceDep, header, read_body
-from app.api.responses import error_response, json_response
+from app.api.responses import BytesResponse, error_response, json_response
 from app.errors import ServingError
 from app.inference.batching import timeout_parameter
 from app.inference.images import describe as image_processing
@@ -215,11 +215,9 @@ async def handle_infer(
             model.name, str(model.version), results, decoded
         )
     if json_length is None:
-        return Response(content, media_type="application/json")
-    return Response(
-        content,
-        media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(json_length)},
+        return BytesResponse(content)
+    return BytesResponse(
+        content, "application/octet-stream", headers={HEADER_LENGTH: str(json_length)}
     )
 
 
