@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.metrics import FLUSH_SECONDS
 from bench import payloads
 from bench.load import Request, run_load, wrk_path
 from bench.models import REPOSITORY, RESNET_INPUT, RESNET_OUTPUT, WIDE_WIDTH, write_repository
@@ -172,7 +173,7 @@ def resnet_section(bench: Bench, server: Process, files: dict[str, Path]) -> Non
     def raw(seconds: float) -> Row:
         return bench.raw("raw onnxruntime, ResNet-50 batch 1", session, {RESNET_INPUT: x}, seconds)
 
-    pairs = min(bench.pairs, 2)
+    pairs = bench.pairs
     bench.paired("ResNet-50 v2 binary", server, binary, 1, raw, "raw", pairs=pairs)
     bench.paired("ResNet-50 v2 binary", server, binary, 4, raw, "raw", pairs=pairs)
     name = "ResNet-50 v2 binary, dynamic batching"
@@ -277,7 +278,9 @@ def workers_section(bench: Bench, one: Process, repo: Path, logs: Path) -> None:
 
             name = f"MLP {payload}"
             rows.append(bench.paired(name, two, request, 16, single, "1 worker", workers=2))
-        time.sleep(0.5)  # requests wrk abandoned at its deadlines may still be answered
+        # Requests wrk abandoned at its deadlines may still be answered, and each worker moves
+        # its counts to the shared series every FLUSH_SECONDS.
+        time.sleep(2 * FLUSH_SECONDS + 0.5)
         counted = success_count(two, "mlp") - before
     sent = sum(r.requests for r in rows)
     cut = 16 * bench.pairs * len(requests)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -26,12 +29,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         yield running
 
 
-def infer(server: RunningServer, rows: int, width: int = 16) -> httpx.Response:
-    body = {
+def infer_body(rows: int, width: int = 16) -> dict[str, Any]:
+    return {
         "inputs": [{"name": "x", "shape": [rows, width], "datatype": "FP32",
                     "data": [0.5] * rows * width}]
     }  # fmt: skip
-    return httpx.post(server.url + "/v2/models/mlp/infer", json=body)
+
+
+def infer(server: RunningServer, rows: int, width: int = 16) -> httpx.Response:
+    return httpx.post(server.url + "/v2/models/mlp/infer", json=infer_body(rows, width))
 
 
 def test_series_after_traffic(server: RunningServer) -> None:
@@ -63,24 +69,42 @@ def test_series_after_traffic(server: RunningServer) -> None:
     assert not any(dict(labels).get("model") == "ghost" for _, labels in s)
 
 
-def test_two_workers_add_up(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Each worker counts on its own and moves its figures to the shared files every
-    second: /metrics on any worker adds every worker's requests up, none lost or doubled."""
+def test_two_workers_share_connections_and_add_up(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Connections opened together reach both workers (single-accept mode); each worker counts
+    on its own and moves its figures to the shared files every second, and /metrics on any
+    worker adds every worker's requests up, none lost or doubled."""
     root = tmp_path_factory.mktemp("models")
     shared = tmp_path_factory.mktemp("metrics")
     write_model(root, "mlp", mlp())
     env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
     with RunningServer(root, env=env, args=["--workers", "2"]) as running:
+        host, port = running.url.removeprefix("http://").rsplit(":", 1)
+        body = json.dumps(infer_body(2)).encode()
         sent = 0
 
-        def both_served() -> bool:
-            # A new connection each time; a worker writes counters once it has served one.
+        def round_on_both() -> bool:
+            """Open 8 connections together, send 3 requests on each; True once both workers
+            have served (the second may still be starting when the first answers)."""
             nonlocal sent
-            assert infer(running, 2).status_code == 200
-            sent += 1
-            return sent >= 60 and len(list(shared.glob("counter_*.db"))) == 2
+            connections = [http.client.HTTPConnection(host, int(port)) for _ in range(8)]
+            for connection in connections:
+                connection.connect()
+            for _ in range(3):
+                for connection in connections:
+                    connection.request("POST", "/v2/models/mlp/infer", body)
+                for connection in connections:
+                    response = connection.getresponse()
+                    assert response.status == 200, response.read()
+                    response.read()
+                    sent += 1
+            for connection in connections:
+                connection.close()
+            # A worker writes counter files once it has served a request: one file each.
+            return len(list(shared.glob("counter_*.db"))) == 2
 
-        wait_for(both_served, "requests served by both workers")
+        wait_for(round_on_both, "requests served by both workers")
         m = {"model": "mlp", "version": "1"}
 
         def counted() -> Samples | None:
