@@ -235,17 +235,17 @@ class RequestObservation:
         series.inflight -= 1
         series.request_seconds.observe(elapsed)
 
-    def queued(self, seconds: float) -> None:
-        self._series.queue_seconds.observe(seconds)
-        self._series.stats.queue.add(seconds)
-
-    def computed(self, seconds: float) -> None:
-        self._series.compute_seconds.observe(seconds)
-        self._series.stats.compute_infer.add(seconds)
-
-    def executed(self, rows: int, seconds: float) -> None:
-        """Count the session run made for this request alone (``Metrics.executed``)."""
-        count_execution(self._series, rows, seconds)
+    def ran(self, queued: float, computed: float, rows: int | None = None) -> None:
+        """Report the request's wait for a session or batch and the compute time of its run;
+        with ``rows``, also count that run (made for this request alone; a batcher counts
+        its merged runs itself, with ``Metrics.executed``)."""
+        series = self._series
+        series.queue_seconds.observe(queued)
+        series.stats.queue.add(queued)
+        series.compute_seconds.observe(computed)
+        series.stats.compute_infer.add(computed)
+        if rows is not None:
+            count_execution(series, rows, computed)
 
 
 def count_execution(series: ModelSeries, rows: int, seconds: float) -> None:

@@ -189,8 +189,7 @@ class InferenceService:
             except Exception as exc:
                 raise runtime_error(exc) from None
             # The batcher counted the session run (once for the whole batch).
-            observation.queued(queued)
-            observation.computed(computed)
+            observation.ran(queued, computed)
             return batched
         wait_us = self.default_timeout_us if timeout_us is None else timeout_us
         try:
@@ -206,7 +205,5 @@ class InferenceService:
             raise ClientDisconnected(str(exc)) from None
         except Exception as exc:
             raise runtime_error(exc) from None
-        observation.queued(queued)
-        observation.computed(computed)
-        observation.executed(rows, computed)
+        observation.ran(queued, computed, rows)
         return dict(zip(names, results, strict=True))

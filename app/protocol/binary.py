@@ -12,10 +12,13 @@ from app.errors import BadRequest
 _LENGTH = struct.Struct("<I")
 
 
+_NO_BINARY = memoryview(b"")
+
+
 def split_body(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
     """Split a request body into its JSON header and the binary section after it."""
     if header_length is None:
-        return body, memoryview(b"")
+        return body, _NO_BINARY
     if header_length < 0 or header_length > len(body):
         raise BadRequest(
             f"Inference-Header-Content-Length {header_length} is outside the body of "

@@ -162,8 +162,8 @@ def json_data(array: np.ndarray) -> Any:
         return [_text(item) for item in array.ravel()]
     if array.dtype == np.float16:
         # orjson does not serialise float16; widen without changing any value.
-        return np.ascontiguousarray(array, dtype=np.float32).ravel()
-    return np.ascontiguousarray(array).ravel()
+        return array.astype(np.float32).ravel()
+    return array.ravel()  # a row-major view (a copy only when the array is not contiguous)
 
 
 def _text(item: Any) -> str:
