@@ -11,9 +11,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from app.api.responses import error_response
-from app.errors import ServingError
+from app.errors import ServingError, Unauthorized
 
 log = logging.getLogger(__name__)
+
+
+#: The ``WWW-Authenticate`` challenge of every 401 answer.
+CHALLENGE = 'Bearer realm="onnx-serve"'
 
 
 async def serving_error(_: Request, exc: Exception) -> Response:
@@ -21,6 +25,9 @@ async def serving_error(_: Request, exc: Exception) -> Response:
     headers = None
     if exc.retry_after is not None:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if isinstance(exc, Unauthorized):
+        # A 401 names the scheme it takes (RFC 9110); X-API-Key is accepted as well.
+        headers = {"WWW-Authenticate": CHALLENGE}
     return error_response(exc.message, exc.status, headers)
 
 

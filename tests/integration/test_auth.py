@@ -10,6 +10,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from app.api.errors import CHALLENGE
 from app.settings import Settings
 from tests.http_probes import wait_for
 from tests.integration.uploads import X, model_bytes
@@ -91,6 +92,7 @@ def test_management_needs_the_management_key(
         response = call(keyed, method, path, headers, **kwargs)
         assert response.status_code == 401, (case, response.text)
         assert "API key" in response.json()["error"], case
+        assert response.headers["www-authenticate"] == CHALLENGE, case
     accepted = [
         {"Authorization": f"Bearer {MANAGEMENT}"},
         {"Authorization": f"bearer {MANAGEMENT}"},
@@ -109,6 +111,7 @@ def test_inference_needs_the_inference_key(
     for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": f"Bearer {MANAGEMENT}"}):
         response = call(keyed, "POST", path, headers, **kwargs)
         assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == CHALLENGE
     for headers in ({"Authorization": f"Bearer {INFERENCE}"}, {"X-API-Key": INFERENCE}):
         response = call(keyed, "POST", path, headers, **kwargs)
         assert response.status_code == 200, response.text
