@@ -47,12 +47,6 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="onnx-serve-metrics-")
-    if settings.workers > 1:
-        # The workers share one listening socket, and the event loop (libuv) of the one that
-        # wakes first accepts every pending connection: a client that opens its connections
-        # at once can find them all on one worker. In single-accept mode a worker yields
-        # after each accept, so that connections spread over the workers.
-        os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         # Files from an earlier run would be summed into this one's counters.

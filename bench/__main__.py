@@ -111,13 +111,22 @@ class Bench:
         pairs: int | None = None,
     ) -> Row:
         """Alternate the reference and the server; record both with the median ratio."""
+
+        def measure(seconds: float) -> Row:
+            return self.load(name, process, request, concurrency, seconds, workers=workers)
+
+        return self.alternate(measure, reference, label, pairs)
+
+    def alternate(
+        self, measure: Reference, reference: Reference, label: str, pairs: int | None = None
+    ) -> Row:
+        """Alternate windows of ``reference`` and ``measure``; record the medians of both,
+        the second with the median ratio of its rows a second to the reference's."""
         references: list[Row] = []
         measured: list[Row] = []
         for _ in range(pairs or self.pairs):
             references.append(reference(self.seconds))
-            measured.append(
-                self.load(name, process, request, concurrency, self.seconds, workers=workers)
-            )
+            measured.append(measure(self.seconds))
         ratios = [
             m.rows_per_second / r.rows_per_second for m, r in zip(measured, references, strict=True)
         ]
@@ -192,10 +201,15 @@ def resnet_section(bench: Bench, server: Process, files: dict[str, Path]) -> Non
         bench.record(
             Row("ResNet-50 /predict PNG image", "skipped", note=f"no image path: {problem}")
         )
+    # What batching gains in onnxruntime itself, before any serving cost: the most a batcher
+    # can add on this machine.
     for batch in (2, 4, 8):
-        feeds = {RESNET_INPUT: payloads.resnet_input(batch)}
-        name = f"raw onnxruntime, ResNet-50 batch {batch}"
-        bench.record(bench.raw(name, session, feeds, bench.seconds))
+
+        def batched(seconds: float, rows: int = batch) -> Row:
+            feeds = {RESNET_INPUT: payloads.resnet_input(rows)}
+            return bench.raw(f"raw onnxruntime, ResNet-50 batch {rows}", session, feeds, seconds)
+
+        bench.alternate(batched, raw, "raw", pairs=pairs)
 
 
 def wide_section(bench: Bench, server: Process, files: dict[str, Path]) -> None:

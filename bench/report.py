@@ -102,6 +102,9 @@ def _find(rows: list[Row], name: str, concurrency: int, workers: int = 1) -> Row
     return None
 
 
+RAW_RESNET = "raw onnxruntime, ResNet-50 batch"
+
+
 def targets(rows: list[Row]) -> str:
     """The issue's targets, each met or missed, as text."""
     checks = [
@@ -134,6 +137,18 @@ def targets(rows: list[Row]) -> str:
         extra = f", p99 {row.p99_ms:.0f} ms" if "batching" in name else ""
         mark = "met " if value >= bound else "MISS"
         lines.append(f"  [{mark}] {text}: {value:.3f}x{extra}")
+    gains = [
+        f"batch {r.rows_per_request} {r.ratios['raw']:.3f}x"
+        for r in rows
+        if r.kind == "raw"
+        and r.name.startswith("raw onnxruntime, ResNet-50 batch")
+        and "raw" in r.ratios
+    ]
+    if gains:
+        lines.append(
+            "  (what batching gains in raw onnxruntime itself, images a second against the "
+            f"batch-1 loop, alternating windows: {', '.join(gains)})"
+        )
     doubles = [r for r in rows if r.workers == 2 and r.kind == "server"]
     if not doubles:
         lines.append("  [ -- ] 2 workers: not measured")

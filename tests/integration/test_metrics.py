@@ -72,9 +72,8 @@ def test_series_after_traffic(server: RunningServer) -> None:
 def test_two_workers_share_connections_and_add_up(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """Connections opened together reach both workers (single-accept mode); each worker counts
-    on its own and moves its figures to the shared files every second, and /metrics on any
-    worker adds every worker's requests up, none lost or doubled."""
+    """Each worker counts on its own and moves its figures to the shared files every second:
+    /metrics on any worker adds every worker's requests up, none lost or doubled."""
     root = tmp_path_factory.mktemp("models")
     shared = tmp_path_factory.mktemp("metrics")
     write_model(root, "mlp", mlp())
@@ -86,7 +85,8 @@ def test_two_workers_share_connections_and_add_up(
 
         def round_on_both() -> bool:
             """Open 8 connections together, send 3 requests on each; True once both workers
-            have served (the second may still be starting when the first answers)."""
+            have served (the kernel may give all of them to one worker; the second may still
+            be starting when the first answers)."""
             nonlocal sent
             connections = [http.client.HTTPConnection(host, int(port)) for _ in range(8)]
             for connection in connections:
