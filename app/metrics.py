@@ -426,7 +426,11 @@ class Metrics:
         self.ready.labels(model, version, provider).set(0)
 
     def flush(self) -> None:
-        """Move the per-request figures counted since the last flush into their series."""
+        """Move the per-request figures counted since the last flush into their series.
+
+        Call it on the event loop thread, where they are counted (the /metrics route and
+        ``flush_periodically`` do).
+        """
         for series in list(self._series.values()):
             series.flush()
 
