@@ -385,6 +385,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.load_failed = Gauge(
+            "onnx_serve_model_load_failed",
+            "1 while the last load of a model version failed (version '': its config), whether "
+            "or not an earlier load of it keeps serving; 0 once it loads or is taken away.",
+            MODEL_LABELS,
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.provider_fallback = Gauge(
             "onnx_serve_model_provider_fallback",
             "1 when a model version asked for an accelerator and got a lesser provider.",
@@ -419,8 +427,12 @@ class Metrics:
     ) -> None:
         self.load_seconds.labels(model, version).set(seconds)
         self.ready.labels(model, version, provider).set(1)
+        self.load_failed.labels(model, version).set(0)
         if requested is not None:
             self.provider_fallback.labels(model, version, requested, provider).set(1)
+
+    def model_load_failed(self, model: str, version: str, failed: bool) -> None:
+        self.load_failed.labels(model, version).set(1 if failed else 0)
 
     def model_unloaded(self, model: str, version: str, provider: str) -> None:
         self.ready.labels(model, version, provider).set(0)

@@ -62,6 +62,8 @@ class ModelRegistry:
         self._cpu_quota = settings.cpu_quota or cpu_quota()
         self._live: dict[str, dict[int, ModelVersion]] = {}
         self._status: dict[str, dict[str, VersionStatus]] = {}
+        # Versions whose last load failed, by model ("" for the model's own config).
+        self._failed: dict[str, set[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # ---- lookups (on the event loop, no awaits) -------------------------------------------
@@ -144,12 +146,15 @@ class ModelRegistry:
             except ServingError as exc:
                 # A model already serving keeps its status; a broken new one shows why (a name
                 # that is not in the repository leaves no trace).
-                if not self._live.get(name) and not isinstance(exc, ModelNotFound):
-                    self._status[name] = {
-                        "": VersionStatus(name, "", ModelState.UNAVAILABLE, exc.message)
-                    }
+                if not isinstance(exc, ModelNotFound):
+                    self._record_failures(name, {""})
+                    if not self._live.get(name):
+                        self._status[name] = {
+                            "": VersionStatus(name, "", ModelState.UNAVAILABLE, exc.message)
+                        }
                 raise
             if not versions:
+                self._record_failures(name, {""})
                 self._status[name] = {
                     "": VersionStatus(name, "", ModelState.UNAVAILABLE, "no versions on disk")
                 }
@@ -160,6 +165,7 @@ class ModelRegistry:
             new: dict[int, ModelVersion] = {}
             errors: list[str] = []
             failures: list[ServingError] = []
+            failed: set[str] = set()
             for v in versions:
                 try:
                     model = await asyncio.to_thread(
@@ -177,6 +183,7 @@ class ModelRegistry:
                     log.error("model %s v%d failed to load: %s", name, v, exc.message)
                     errors.append(f"v{v}: {exc.message}")
                     failures.append(exc)
+                    failed.add(str(v))
                     statuses[str(v)] = VersionStatus(
                         name, str(v), ModelState.UNAVAILABLE, exc.message
                     )
@@ -215,6 +222,7 @@ class ModelRegistry:
                 self._live.pop(name, None)
             retired = [m for v, m in old.items() if new.get(v) is not m]
             await self._retire(retired)
+            self._record_failures(name, failed)
             if failures:
                 kept = " (the versions already serving keep serving)" if new else ""
                 error = type(failures[0])(
@@ -237,6 +245,7 @@ class ModelRegistry:
             statuses = self._status.setdefault(name, {})
             for v in targets:
                 statuses[str(v)] = VersionStatus(name, str(v), ModelState.UNLOADED)
+            self._clear_failures(name, None if version is None else str(version))
             statuses.pop("", None)
             await self._retire(retired)
 
@@ -250,6 +259,26 @@ class ModelRegistry:
             self._status.pop(name, None)
         else:
             self._status.get(name, {}).pop(str(version), None)
+        self._clear_failures(name, None if version is None else str(version))
+
+    def _record_failures(self, name: str, failed: set[str]) -> None:
+        """Mark the versions (``""``: the model's config) whose last load failed, and clear
+        the marks of the others: they loaded, or are no longer asked for."""
+        before = self._failed.get(name, set())
+        for version in before - failed:
+            self._metrics.model_load_failed(name, version, False)
+        for version in failed - before:
+            self._metrics.model_load_failed(name, version, True)
+        if failed:
+            self._failed[name] = failed
+        else:
+            self._failed.pop(name, None)
+
+    def _clear_failures(self, name: str, version: str | None) -> None:
+        """Clear the marks of a model (or one version) taken away on purpose."""
+        before = self._failed.get(name, set())
+        cleared = before if version is None else before & {version}
+        self._record_failures(name, before - cleared)
 
     async def _retire(self, models: list[ModelVersion]) -> None:
         for model in models:

@@ -67,6 +67,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     # A config written for an AMD GPU, deployed on a machine without one.
     write_model(root, "fallback", identity(), config={"providers": ["MIGraphXExecutionProvider"]})
     write_model(root, "retired", identity())
+    # Not an ONNX model: its load fails (and nothing else).
+    write_model(root, "broken", b"not a model")
     with RunningServer(root, env={"ONNX_SERVE_MANAGEMENT_API_KEY": KEY}) as running:
         yield running
 
@@ -195,6 +197,7 @@ def prometheus(
         )
         assert r.status_code == 200, r.text
         instance.until(lambda: instance.query('onnx_serve_model_ready{model="retired"} == 0'))
+        instance.until(lambda: instance.query('onnx_serve_model_load_failed{model="broken"} == 1'))
         yield instance
     finally:
         instance.stop()
@@ -251,17 +254,18 @@ def test_every_alert_signal_returns_data(prometheus: Prometheus, rule: dict[str,
 
 
 def test_alerts_fire_for_what_the_traffic_caused(prometheus: Prometheus) -> None:
-    """The faulty model failed half its requests and a model was unloaded: those two alerts'
-    conditions hold, in Prometheus' own evaluation of the rule file too."""
+    """The faulty model failed half its requests and a model failed to load: those two
+    alerts' conditions hold, in Prometheus' own evaluation of the rule file too; the model
+    unloaded on purpose fires nothing."""
     rules = {rule["alert"]: rule for rule in alert_rules()}
     ratio = prometheus.query(rules["OnnxServeHighErrorRatio"]["expr"])
     assert {s["metric"]["model"] for s in ratio} == {"faulty"}, ratio
-    not_ready = prometheus.query(rules["OnnxServeModelNotReady"]["expr"])
-    assert {(s["metric"]["model"], s["metric"]["version"]) for s in not_ready} == {("retired", "1")}
+    failed = prometheus.query(rules["OnnxServeModelLoadFailed"]["expr"])
+    assert {(s["metric"]["model"], s["metric"]["version"]) for s in failed} == {("broken", "1")}
 
     def pending() -> bool:
         alerts = prometheus.api("/api/v1/alerts")["alerts"]
-        return {"OnnxServeHighErrorRatio", "OnnxServeModelNotReady"} <= {
+        return {"OnnxServeHighErrorRatio", "OnnxServeModelLoadFailed"} <= {
             a["labels"]["alertname"] for a in alerts
         }
 

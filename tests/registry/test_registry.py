@@ -171,3 +171,47 @@ def test_unload_keeps_files_and_reports_state(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert (tmp_path / "m" / "1" / "model.onnx").is_file()
+
+
+def test_load_failures_are_marked_until_a_load_works_or_the_version_goes(tmp_path: Path) -> None:
+    """``onnx_serve_model_load_failed``: 1 while a version's (or a config's) last load failed;
+    a version retired by a newer one or unloaded on purpose is no failure."""
+    write_model(tmp_path, "m", b"not an onnx model", 1)
+    write_model(tmp_path, "cfg", identity(), config={"nope": 1})
+    metrics = Metrics()
+    settings = Settings(model_repository=tmp_path)
+    registry = ModelRegistry(ModelRepository(tmp_path), settings, metrics)
+
+    def failed(name: str, version: str) -> float | None:
+        labels = {"model": name, "version": version}
+        return metrics.registry.get_sample_value("onnx_serve_model_load_failed", labels)
+
+    async def scenario() -> None:
+        await registry.load_all()
+        assert failed("m", "1") == 1
+        assert failed("cfg", "") == 1
+        write_model(tmp_path, "m", mlp(), 1)
+        await registry.load("m")
+        assert failed("m", "1") == 0
+        # A newer version that fails: the old one keeps serving, the new one is marked.
+        write_model(tmp_path, "m", b"garbage", 2)
+        with pytest.raises(ServingError):
+            await registry.load("m")
+        assert failed("m", "2") == 1
+        # Fixed: version 2 replaces version 1, which is no failure.
+        write_model(tmp_path, "m", mlp(seed=2), 2)
+        await registry.load("m")
+        assert (failed("m", "1"), failed("m", "2")) == (0, 0)
+        (tmp_path / "cfg" / "config.json").write_text("{}")
+        await registry.load("cfg")
+        assert failed("cfg", "") == 0
+        # A failed load, then an unload on purpose: cleared.
+        write_model(tmp_path, "m", b"garbage", 3)
+        with pytest.raises(ServingError):
+            await registry.load("m")
+        assert failed("m", "3") == 1
+        await registry.unload("m")
+        assert failed("m", "3") == 0
+        await registry.close()
+
+    asyncio.run(scenario())
