@@ -186,6 +186,12 @@ def test_load_failures_are_marked_until_a_load_works_or_the_version_goes(tmp_pat
         labels = {"model": name, "version": version}
         return metrics.registry.get_sample_value("onnx_serve_model_load_failed", labels)
 
+    async def broken_version(version: int) -> None:
+        write_model(tmp_path, "m", b"garbage", version)
+        with pytest.raises(ServingError):
+            await registry.load("m")
+        assert failed("m", str(version)) == 1
+
     async def scenario() -> None:
         await registry.load_all()
         assert failed("m", "1") == 1
@@ -194,10 +200,7 @@ def test_load_failures_are_marked_until_a_load_works_or_the_version_goes(tmp_pat
         await registry.load("m")
         assert failed("m", "1") == 0
         # A newer version that fails: the old one keeps serving, the new one is marked.
-        write_model(tmp_path, "m", b"garbage", 2)
-        with pytest.raises(ServingError):
-            await registry.load("m")
-        assert failed("m", "2") == 1
+        await broken_version(2)
         # Fixed: version 2 replaces version 1, which is no failure.
         write_model(tmp_path, "m", mlp(seed=2), 2)
         await registry.load("m")
@@ -206,10 +209,7 @@ def test_load_failures_are_marked_until_a_load_works_or_the_version_goes(tmp_pat
         await registry.load("cfg")
         assert failed("cfg", "") == 0
         # A failed load, then an unload on purpose: cleared.
-        write_model(tmp_path, "m", b"garbage", 3)
-        with pytest.raises(ServingError):
-            await registry.load("m")
-        assert failed("m", "3") == 1
+        await broken_version(3)
         await registry.unload("m")
         assert failed("m", "3") == 0
         await registry.close()
