@@ -110,95 +110,108 @@ class _Histogram(Histogram):
 
 class Tally:
     """Observations counted into a histogram's buckets as plain numbers, to be moved into
-    its Prometheus series later (``take``); cheaper than the series' locked updates."""
+    its Prometheus series later (``take``); cheaper than the series' locked updates. Their
+    sum is kept by the caller (in ``ModelStats``)."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "counts")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
 
     def observe(self, value: float) -> None:
         # The bucket of ``value`` is the first bound it does not exceed (le), as Prometheus'.
         self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
 
-    def take(self) -> tuple[list[int], float] | None:
+    def take(self) -> list[int] | None:
         """The counts since the last call (None when there were none), then zero again."""
         if not any(self.counts):
             return None
-        taken = self.counts, self.total
-        self.counts = [0] * len(taken[0])
-        self.total = 0.0
+        taken = self.counts
+        self.counts = [0] * len(taken)
         return taken
 
 
 class ModelSeries:
     """One model version's per-request figures.
 
-    The hot path counts into plain numbers here; ``flush`` moves them into the version's
-    Prometheus series (at every scrape of this process, and every ``FLUSH_SECONDS`` when
-    worker processes share their series). Locked Prometheus updates, nine a request, cost
-    more than a small model's run. Everything here runs on the event loop thread.
+    The hot path counts into ``stats`` (cumulative; also what ``/v2/models/{m}/stats``
+    serves) and into bucket tallies; ``flush`` moves what changed since the last flush into
+    the version's Prometheus series (at every scrape of this process, and every
+    ``FLUSH_SECONDS`` when worker processes share their series). Locked Prometheus updates,
+    nine a request, cost more than a small model's run. Everything here runs on the event
+    loop thread.
     """
 
     __slots__ = (
         "model",
         "version",
         "stats",
-        "_children",
         "inflight",
-        "success",
-        "inferences",
-        "executions",
         "request_seconds",
         "queue_seconds",
         "compute_seconds",
         "batch_size",
+        "_inflight",
+        "_counters",
+        "_histograms",
+        "_flushed",
     )
 
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
         self.model = model
         self.version = version
         self.stats = metrics.stats_for(model, version)
-        self._children = (
-            metrics.inflight.labels(model, version),
-            metrics.request_success.labels(model, version),
-            metrics.inference_count.labels(model, version),
-            metrics.execution_count.labels(model, version),
-            metrics.request_seconds.labels(model, version),
-            metrics.queue_seconds.labels(model, version),
-            metrics.compute_seconds.labels(model, version),
-            metrics.batch_size.labels(model, version),
-        )
         self.inflight = 0
-        self.success = 0
-        self.inferences = 0
-        self.executions = 0
         self.request_seconds = Tally(LATENCY_BUCKETS)
         self.queue_seconds = Tally(LATENCY_BUCKETS)
         self.compute_seconds = Tally(LATENCY_BUCKETS)
         self.batch_size = Tally(BATCH_BUCKETS)
+        self._inflight = metrics.inflight.labels(model, version)
+        # In the order of ``_totals``.
+        self._counters: tuple[Counter, ...] = (
+            metrics.request_success.labels(model, version),
+            metrics.execution_count.labels(model, version),
+            metrics.inference_count.labels(model, version),
+        )
+        self._histograms: tuple[_Histogram, ...] = (
+            metrics.batch_size.labels(model, version),
+            metrics.request_seconds.labels(model, version),
+            metrics.queue_seconds.labels(model, version),
+            metrics.compute_seconds.labels(model, version),
+        )
+        # The totals of ``stats`` at the last flush (see ``_totals``).
+        self._flushed = (0, 0, 0, 0, 0, 0)
+
+    def _totals(self) -> tuple[int, int, int, int, int, int]:
+        """Successes, session runs, inferences (the batch sizes' sum) and the nanoseconds
+        of requests, queue waits and compute, counted since the series began."""
+        stats = self.stats
+        return (
+            stats.success.count,
+            stats.execution_count,
+            stats.inference_count,
+            stats.success.ns + stats.fail.ns,
+            stats.queue.ns,
+            stats.compute_infer.ns,
+        )
 
     def flush(self) -> None:
         """Move what was counted since the last flush into the Prometheus series."""
-        inflight, success, inferences, executions, *histograms = self._children
-        inflight.set(self.inflight)
-        if self.success:
-            success.inc(self.success)
-            self.success = 0
-        if self.inferences:
-            inferences.inc(self.inferences)
-            self.inferences = 0
-        if self.executions:
-            executions.inc(self.executions)
-            self.executions = 0
-        tallies = (self.request_seconds, self.queue_seconds, self.compute_seconds, self.batch_size)
-        for histogram, tally in zip(histograms, tallies, strict=True):
-            taken = tally.take()
-            if taken is not None:
-                histogram.add(*taken)
+        self._inflight.set(self.inflight)
+        totals = self._totals()
+        changes = [now - before for now, before in zip(totals, self._flushed, strict=True)]
+        self._flushed = totals
+        for counter, change in zip(self._counters, changes, strict=False):
+            if change:
+                counter.inc(change)
+        rows, *nanoseconds = changes[2:]
+        sums = (rows, *(ns / 1e9 for ns in nanoseconds))
+        tallies = (self.batch_size, self.request_seconds, self.queue_seconds, self.compute_seconds)
+        for histogram, tally, total in zip(self._histograms, tallies, sums, strict=True):
+            counts = tally.take()
+            if counts is not None:
+                histogram.add(counts, total)
 
 
 class RequestObservation:
@@ -226,7 +239,6 @@ class RequestObservation:
         series = self._series
         elapsed = time.perf_counter() - self._start
         if exc is None:
-            series.success += 1
             series.stats.success.add(elapsed)
         else:
             reason = exc.reason if isinstance(exc, ServingError) else "internal"
@@ -250,8 +262,6 @@ class RequestObservation:
 
 def count_execution(series: ModelSeries, rows: int, seconds: float) -> None:
     """Count one session run of ``series``' model over ``rows`` inferences in ``seconds``."""
-    series.executions += 1
-    series.inferences += rows
     series.batch_size.observe(rows)
     stats = series.stats
     stats.execution_count += 1
