@@ -104,13 +104,11 @@ class ModelVersion:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     max_batch_size: int
-    providers_requested: list[str]
     providers: list[str]
     fallback: list[str]
     pool: SessionPool
     labels: list[str] | None = None
     load_seconds: float = 0.0
-    warmup_seconds: float = 0.0
     extras: dict[str, object] = field(default_factory=dict)
     #: What runs requests on ``pool``: set by the registry's runner factory once loaded.
     runner: Runner | None = None
@@ -304,13 +302,11 @@ def load_version(
         inputs=inputs,
         outputs=outputs,
         max_batch_size=max_batch,
-        providers_requested=requested,
         providers=actual,
         fallback=fallback,
         pool=pool,
         labels=labels,
     )
-    warm = time.perf_counter()
     if config.warmup.enabled:
         sizes = config.warmup.batch_sizes if max_batch > 0 else [1]
         padded = padded_batch_size(config, max_batch, actual[0])
@@ -325,7 +321,6 @@ def load_version(
         except Exception as exc:
             pool.retire(0)
             raise InvalidModel(f"warm-up inference failed: {exc}") from None
-    model.warmup_seconds = time.perf_counter() - warm
     batching = config.dynamic_batching is not None and config.dynamic_batching.enabled
     if config.warmup.enabled and actual[0] == CPU and not batching:
         pool.inline = runs_inline(sessions[0], path, inputs, max_batch)
