@@ -18,7 +18,7 @@ from app import __version__
 from app.api import errors
 from app.api.fastpath import PlainRoutes, ServingApp
 from app.api.middleware import InFlightRequests, RequestContextMiddleware
-from app.api.routes import health, images, predict, repository, v1, v2
+from app.api.routes import console, health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
 from app.api.routes import models as model_routes
 from app.api.shutdown import drain_on_signals
@@ -145,6 +145,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, predict, images, metrics_routes):
         app.include_router(module.router)
+    app.include_router(console.router)
     app.plain_routes = PlainRoutes(
         [*v2.PLAIN_ROUTES, *v1.PLAIN_ROUTES, *predict.PLAIN_ROUTES],
         partial(RequestContextMiddleware, state=app.state, inflight=app.state.inflight),
