@@ -16,6 +16,7 @@ export class ModelList {
     this.models = [];
     this.details = new Map(); // "name/version" -> {metadata, config} or {error}
     this.rendered = "";
+    this.seen = new Set(); // versions rendered once already
   }
 
   /** Versions that can answer now, with their metadata: [{name, version, metadata}]. */
@@ -149,7 +150,9 @@ export class ModelList {
       h("div", { class: "model-head" },
         h("h3", {}, model.name),
         h("span", { class: `badge ${model.state}` }, model.state)),
-      model.reason ? h("p", { class: "reason" }, model.reason) : null,
+      // A reason that one of its versions gives is shown with that version only.
+      model.reason && !model.versions.some((v) => v.reason === model.reason)
+        ? h("p", { class: "reason" }, model.reason) : null,
       model.versions.map((version) => this.renderVersion(model, version, open)));
   }
 
@@ -157,7 +160,11 @@ export class ModelList {
     const key = `${model.name}/${version.version}`;
     const found = this.details.get(key);
     const provider = found && found.metadata ? found.metadata.providers[0] : null;
-    const details = h("details", { class: "version", "data-key": key, open: open.has(key) },
+    // A version that is not ready shows why from the start; afterwards the reader decides.
+    const first = !this.seen.has(key);
+    this.seen.add(key);
+    const expanded = open.has(key) || (first && Boolean(version.reason));
+    const details = h("details", { class: "version", "data-key": key, open: expanded },
       h("summary", { "data-focus": `summary:${key}` },
         h("span", {}, `version ${version.version}`),
         h("span", { class: `badge ${version.state}` }, version.state),
