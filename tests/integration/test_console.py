@@ -406,7 +406,9 @@ def test_latency_panel_shows_rate_and_quantiles(
 def test_management_disabled_says_how_to_enable_it(browser: Any, tmp_path: Path) -> None:
     root = tmp_path / "models"
     write_model(root, "adder", add_mul(width=3))
-    with RunningServer(root, log_path=tmp_path / "server.log") as closed:
+    inference_key = "test-inference-key"
+    env = {"ONNX_SERVE_INFERENCE_API_KEY": inference_key}
+    with RunningServer(root, env=env, log_path=tmp_path / "server.log") as closed:
         page_ = Page(browser, closed, DESKTOP)
         try:
             page = page_.open()
@@ -416,6 +418,16 @@ def test_management_disabled_says_how_to_enable_it(browser: Any, tmp_path: Path)
             said = httpx.get(closed.url + "/models").json()["error"]
             assert page.locator("#upload-disabled-text").text_content() == said
             expect(page.locator("#models-note")).to_contain_text("management is disabled")
+            # Inference has its own key here: the page asks for it and sends it.
+            page.select_option("#try-model", "adder/1")
+            page.click("#tensor-submit")
+            expect(page.locator("#key-dialog")).to_be_visible()
+            expect(page.locator("#key-dialog-message")).to_contain_text("needs an API key")
+            page.fill("#key-inference", inference_key)
+            page.click("#key-save")
+            expect(page.locator("#try-result pre.answer")).to_contain_text('"sum"')
+            kept = page.evaluate("sessionStorage.getItem('onnx-serve.inference-key')")
+            assert kept == inference_key
             assert page_.problems() == []
         finally:
             page_.context.close()
