@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from playwright.sync_api import expect as playwright_expect
+from playwright.sync_api import sync_playwright
+
+from tests.server import RunningServer
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 # As root Chromium needs --no-sandbox; the rest keeps it from reaching out to the network.
@@ -141,3 +147,76 @@ MARK_CONTROLS_JS = """
 def focused_mark(page: Any) -> str | None:
     mark: str | None = page.evaluate("() => document.activeElement?.dataset?.walk ?? null")
     return mark
+
+
+@contextmanager
+def launched(executable: str) -> Iterator[Any]:
+    """Headless Chromium from ``executable`` (a fresh profile in a temporary folder)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def expect(locator: Any) -> Any:
+    """Playwright's waiting assertions on ``locator``."""
+    return playwright_expect(locator)
+
+
+# Run in the page before its own scripts: record Content-Security-Policy violations and every
+# value the upload progress bar takes.
+WATCH_JS = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__violations.push(`${e.violatedDirective}: ${e.blockedURI}`));
+window.__progress = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("upload-progress");
+  new MutationObserver(() => window.__progress.push(bar.value))
+    .observe(bar, { attributes: true, attributeFilter: ["value"] });
+});
+"""
+
+
+class ConsoleTab:
+    """One browser tab on the console, with the problems it ran into."""
+
+    def __init__(self, browser: Any, server: RunningServer, viewport: dict[str, int]) -> None:
+        self.context = browser.new_context(viewport=viewport)
+        self.context.add_init_script(WATCH_JS)
+        self.page = self.context.new_page()
+        self.server = server
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("dialog", self._dialog)
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def open(self, path: str = "/console?refresh=1") -> Any:
+        self.page.goto(self.server.url + path)
+        self.page.wait_for_selector("#models-list article")
+        return self.page
+
+    def problems(self) -> list[str]:
+        violations: list[str] = self.page.evaluate("window.__violations")
+        return self.errors + [f"dialog: {d}" for d in self.dialogs] + violations
+
+    def throttle_uploads(self, bytes_per_second: int) -> None:
+        cdp = self.context.new_cdp_session(self.page)
+        cdp.send("Network.enable")
+        cdp.send(
+            "Network.emulateNetworkConditions",
+            {
+                "offline": False,
+                "latency": 0,
+                "downloadThroughput": -1,
+                "uploadThroughput": bytes_per_second,
+            },
+        )

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import ROOT, SAMPLE_MODELS
 from tests.integration import browser as chrome
+from tests.integration.browser import ConsoleTab, expect
 from tests.integration.conftest import MANAGEMENT_KEY
 from tests.onnx_models import add_mul, write_model
 from tests.server import RunningServer
@@ -37,20 +38,6 @@ PHONE = {"width": 390, "height": 844}
 # to this rate in the browser, so that it takes long enough for progress events to show.
 PADDING_BYTES = 600 * 1024
 UPLOAD_BYTES_PER_SECOND = 400 * 1024
-
-# Run in the page before its own scripts: record CSP violations, dialogs the page would
-# open by script, and every value the upload progress bar takes.
-WATCH_JS = """
-window.__violations = [];
-document.addEventListener("securitypolicyviolation",
-  (e) => window.__violations.push(`${e.violatedDirective}: ${e.blockedURI}`));
-window.__progress = [];
-document.addEventListener("DOMContentLoaded", () => {
-  const bar = document.getElementById("upload-progress");
-  new MutationObserver(() => window.__progress.push(bar.value))
-    .observe(bar, { attributes: true, attributeFilter: ["value"] });
-});
-"""
 
 
 @pytest.fixture(scope="module")
@@ -71,70 +58,18 @@ def browser() -> Iterator[Any]:
     executable = chrome.chromium_path()
     if executable is None:
         pytest.skip("no Chromium here: apt-get install chromium (CI's .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable, args=chrome.CHROMIUM_ARGS, headless=True
-        )
+    with chrome.launched(executable) as launched:
         yield launched
-        launched.close()
-
-
-class Page:
-    """One browser tab on the console, with the problems it ran into."""
-
-    def __init__(self, browser: Any, server: RunningServer, viewport: dict[str, int]) -> None:
-        self.context = browser.new_context(viewport=viewport)
-        self.context.add_init_script(WATCH_JS)
-        self.page = self.context.new_page()
-        self.server = server
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        self.page.on("dialog", self._dialog)
-
-    def _dialog(self, dialog: Any) -> None:
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    def open(self, path: str = "/console?refresh=1") -> Any:
-        self.page.goto(self.server.url + path)
-        self.page.wait_for_selector("#models-list article")
-        return self.page
-
-    def problems(self) -> list[str]:
-        violations: list[str] = self.page.evaluate("window.__violations")
-        return self.errors + [f"dialog: {d}" for d in self.dialogs] + violations
-
-    def throttle_uploads(self, bytes_per_second: int) -> None:
-        cdp = self.context.new_cdp_session(self.page)
-        cdp.send("Network.enable")
-        cdp.send(
-            "Network.emulateNetworkConditions",
-            {
-                "offline": False,
-                "latency": 0,
-                "downloadThroughput": -1,
-                "uploadThroughput": bytes_per_second,
-            },
-        )
 
 
 @pytest.fixture
-def tab(browser: Any, server: RunningServer) -> Iterator[Page]:
-    opened = Page(browser, server, DESKTOP)
+def tab(browser: Any, server: RunningServer) -> Iterator[ConsoleTab]:
+    opened = ConsoleTab(browser, server, DESKTOP)
     yield opened
     try:
         assert opened.problems() == []
     finally:
         opened.context.close()
-
-
-def expect(locator: Any) -> Any:
-    from playwright.sync_api import expect as playwright_expect
-
-    return playwright_expect(locator)
 
 
 def enter_key(page: Any) -> None:
@@ -210,7 +145,7 @@ def test_only_console_files_are_served(server: RunningServer, path: str) -> None
 
 
 def test_upload_with_progress_then_predict_the_seven_and_delete(
-    tab: Page, server: RunningServer, tmp_path: Path
+    tab: ConsoleTab, server: RunningServer, tmp_path: Path
 ) -> None:
     tab.throttle_uploads(UPLOAD_BYTES_PER_SECOND)
     page = tab.open("/?refresh=1")
@@ -276,7 +211,7 @@ def test_upload_with_progress_then_predict_the_seven_and_delete(
     assert r.status_code == 404, r.text
 
 
-def tab_screenshots(tab: Page, tmp_path: Path) -> None:
+def tab_screenshots(tab: ConsoleTab, tmp_path: Path) -> None:
     """The documentation's pictures: the desktop at 1280x720 and a phone's width."""
     page = tab.page
     page.evaluate("window.scrollTo(0, 0)")
@@ -294,7 +229,7 @@ def tab_screenshots(tab: Page, tmp_path: Path) -> None:
 
 
 def test_errors_show_the_servers_message_as_text(
-    tab: Page, server: RunningServer, tmp_path: Path
+    tab: ConsoleTab, server: RunningServer, tmp_path: Path
 ) -> None:
     page = tab.open()
     # Without the key the page cannot know of a version that failed to load; with it, it
@@ -343,7 +278,9 @@ def test_errors_show_the_servers_message_as_text(
     assert refused.text_content() == direct.json()["error"]
 
 
-def test_tensor_model_gets_a_valid_example_and_its_answer(tab: Page, server: RunningServer) -> None:
+def test_tensor_model_gets_a_valid_example_and_its_answer(
+    tab: ConsoleTab, server: RunningServer
+) -> None:
     page = tab.open()
     page.select_option("#try-model", "adder/1")
     expect(page.locator("#try-tensors")).to_be_visible()
@@ -376,7 +313,7 @@ def test_tensor_model_gets_a_valid_example_and_its_answer(tab: Page, server: Run
 
 
 def test_latency_panel_shows_rate_and_quantiles(
-    tab: Page, server: RunningServer, tmp_path: Path
+    tab: ConsoleTab, server: RunningServer, tmp_path: Path
 ) -> None:
     page = tab.open()
     expect(page.locator("#latency-list article[data-model='digits']")).to_be_visible()
@@ -409,7 +346,7 @@ def test_management_disabled_says_how_to_enable_it(browser: Any, tmp_path: Path)
     inference_key = "test-inference-key"
     env = {"ONNX_SERVE_INFERENCE_API_KEY": inference_key}
     with RunningServer(root, env=env, log_path=tmp_path / "server.log") as closed:
-        page_ = Page(browser, closed, DESKTOP)
+        page_ = ConsoleTab(browser, closed, DESKTOP)
         try:
             page = page_.open()
             box = page.locator("#upload-disabled")
@@ -437,7 +374,7 @@ def test_management_disabled_says_how_to_enable_it(browser: Any, tmp_path: Path)
 def test_readable_labelled_and_keyboard_reachable(
     browser: Any, server: RunningServer, viewport: dict[str, int]
 ) -> None:
-    opened = Page(browser, server, viewport)
+    opened = ConsoleTab(browser, server, viewport)
     try:
         page = opened.open()
         expect(page.locator("#latency-list article").first).to_be_visible()
@@ -458,7 +395,7 @@ def test_readable_labelled_and_keyboard_reachable(
         opened.context.close()
 
 
-def test_quantiles_and_rates_from_metrics_text(tab: Page) -> None:
+def test_quantiles_and_rates_from_metrics_text(tab: ConsoleTab) -> None:
     page = tab.open()
     # Two readings of one model's histogram, 10 s apart: 20 requests between them, half of
     # them under 0.25 s. Prometheus's histogram_quantile interpolates within the bucket.
