@@ -18,7 +18,7 @@ from app import __version__
 from app.api import errors, image_docs
 from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import health, images, predict, repository, v1, v2
+from app.api.routes import console, health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
 from app.api.routes import models as model_routes
 from app.api.shutdown import drain_on_signals
@@ -149,6 +149,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         app.include_router(module.router)
     hot = [*v2.HOT_ROUTES, *v1.HOT_ROUTES, *predict.HOT_ROUTES, *images.HOT_ROUTES]
     add_hot_routes(app.router, hot)
+    app.include_router(console.router)
     app.plain_routes = PlainRoutes(hot, partial(RequestContextMiddleware, state=state))
 
     def openapi() -> dict[str, Any]:

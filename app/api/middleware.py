@@ -21,8 +21,9 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 REQUEST_ID_HEADER = b"x-request-id"
 #: A request's own queue timeout in microseconds (like v2 ``parameters.timeout``; 0: none).
 TIMEOUT_KEY = TIMEOUT_HEADER.lower().encode("latin-1")
-# Paths served while draining: probes must keep answering and Prometheus keeps scraping.
-DRAIN_EXEMPT = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+# Paths served while draining: probes (KServe's liveness is "/") must keep answering and
+# Prometheus keeps scraping.
+DRAIN_EXEMPT = frozenset({"/", "/v2/health/live", "/v2/health/ready", "/metrics"})
 MAX_LOGGED_PATH = 200
 # The access log's status for a request whose client left before any answer (as nginx does).
 CLIENT_CLOSED = 499
