@@ -28,6 +28,7 @@ from app.metrics import FLUSH_SECONDS
 from bench import payloads
 from bench.load import Request, run_load, wrk_path
 from bench.models import REPOSITORY, RESNET_INPUT, RESNET_OUTPUT, WIDE_WIDTH, write_repository
+from bench.optimized import optimize_section, optimize_targets
 from bench.processes import CpuWatch, Process, bare_asgi, onnx_serve
 from bench.raw import run_loop, server_session
 from bench.report import Row, machine, print_table, targets
@@ -317,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="seconds a window (default 4; quick 2)")
     parser.add_argument("--pairs", type=int, help="windows per figure (default 3; quick 1)")
     parser.add_argument("--skip-resnet", action="store_true", help="leave out ResNet-50")
+    parser.add_argument(
+        "--only", choices=["optimize"], help="run only these rows (optimised vs original models)"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here as JSON")
     args = parser.parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 4.0)
@@ -327,21 +331,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="onnx-serve-bench-") as tmp:
         root = Path(tmp)
-        repo = root / "models"
-        skip = {name for name in REPOSITORY if name.startswith("resnet")}
-        files = write_repository(repo, skip=skip if args.skip_resnet else None)
-        mlp_repo = root / "mlp-models"
-        write_repository(mlp_repo, only={"mlp"})
-        with onnx_serve(repo, root / "server.log") as server:
-            if not args.skip_resnet:
-                resnet_section(bench, server, files)
-            wide_section(bench, server, files)
-            mlp_section(bench, server, files, root)
-            workers_section(bench, server, mlp_repo, root)
+        if args.only is None:
+            repo = root / "models"
+            skip = {name for name in REPOSITORY if name.startswith("resnet")}
+            files = write_repository(repo, skip=skip if args.skip_resnet else None)
+            mlp_repo = root / "mlp-models"
+            write_repository(mlp_repo, only={"mlp"})
+            with onnx_serve(repo, root / "server.log") as server:
+                if not args.skip_resnet:
+                    resnet_section(bench, server, files)
+                wide_section(bench, server, files)
+                mlp_section(bench, server, files, root)
+                workers_section(bench, server, mlp_repo, root)
+        optimize_section(bench, root)
     print(f"\n{len(bench.rows)} rows in {time.monotonic() - started:.0f} s\n")
     print_table(bench.rows)
     print()
-    print(targets(bench.rows))
+    print(targets(bench.rows) if args.only is None else "Targets:")
+    print("\n".join(optimize_targets(bench.rows)))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in bench.rows], indent=1))
     return 0

@@ -115,8 +115,11 @@ def _sweep(root: Path, keep: str) -> None:
     for entry in root.iterdir():
         if entry.name == keep:
             continue
-        unfinished = entry.name.startswith(".tmp-")
-        if unfinished and time.time() - entry.stat().st_mtime < STALE_SECONDS:
+        try:
+            age = time.time() - entry.stat().st_mtime
+        except OSError:
+            continue  # removed meanwhile by another process
+        if entry.name.startswith(".tmp-") and age < STALE_SECONDS:
             continue  # another process may still be writing it
         shutil.rmtree(entry, ignore_errors=True)
 

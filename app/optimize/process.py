@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 from app.optimize.errors import OptimizationFailed, OptimizationRefused
@@ -61,10 +63,18 @@ def run_job(job: OptimizeJob, *, background: bool = False) -> dict[str, Any]:
     raise OptimizationFailed(result["error"])
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End the worker once the process that started it is gone (nobody reads its result)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def worker_main(argv: list[str]) -> int:
     """The worker: a job as JSON on stdin, one result line on stdout."""
     from app.optimize.step import optimize
 
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     if "--background" in argv:
         os.nice(BACKGROUND_NICENESS)
     job = OptimizeJob.from_dict(json.loads(sys.stdin.read()))

@@ -101,6 +101,11 @@ class _Signature:
     def batched(self) -> bool:
         return self.max_batch > 0
 
+    @property
+    def check_batch(self) -> int:
+        """Rows a run of the accuracy check and the calibration (within max_batch_size)."""
+        return min(CHECK_BATCH, self.max_batch) if self.batched else 1
+
     def preferred_batch(self, config: ModelConfig) -> int | None:
         """The batch size the speed check times besides 1 (None: unbatched)."""
         if not self.batched:
@@ -214,7 +219,7 @@ class Optimization:
         )
         self._validate(signature)
         optimized = _session(self.model, job.config, targets.resolved(serve, job.output))
-        check_runs = runs(checked, signature.batched, CHECK_BATCH)
+        check_runs = runs(checked, signature.batched, signature.check_batch)
         scores = class_outputs(signature.outputs, job.config.postprocess, job.labelled)
         figures = compare(
             _outputs(reference, check_runs, signature.batched),
@@ -239,7 +244,7 @@ class Optimization:
         """Write the optimised model; the TensorRT calibration table's name, if one is made."""
         job, options = self.job, self.options
         kind, provider = options.to, options.provider
-        calibration_runs = runs(calibration, signature.batched, CHECK_BATCH)
+        calibration_runs = runs(calibration, signature.batched, signature.check_batch)
         if provider == "tensorrt" and kind != "int8-static":
             # TensorRT builds its own fp16/int8 engine from the original graph.
             shutil.copyfile(job.source, self.model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,6 +159,30 @@ def test_bad_optimize_options_are_a_400(client: httpx.Client) -> None:
     r = upload(client, "bad", cancelling(), optimize="int4")
     assert r.status_code == 400, r.text
     assert r.json()["error"].startswith("form field 'optimize': 'to': Input should be")
+
+
+def test_requests_are_answered_while_an_upload_is_optimised(
+    client: httpx.Client, server: RunningServer
+) -> None:
+    """The step runs in a worker process: the event loop keeps answering meanwhile."""
+    finished = threading.Event()
+    answer: list[httpx.Response] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=300) as other:
+            model = (SAMPLE_MODELS / "digits_cnn" / "1" / "model.onnx").read_bytes()
+            answer.append(upload(other, "busy", model, optimize="graph"))
+        finished.set()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    answered = 0
+    while not finished.is_set():
+        assert predicted(client, "/v2/models/cfg_int8/infer") == 7
+        answered += 1
+    thread.join()
+    assert answer[0].status_code == 201, answer[0].text
+    assert answered >= 5, answered
 
 
 def test_metrics_label_each_version_with_its_optimisation(client: httpx.Client) -> None:

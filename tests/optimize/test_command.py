@@ -121,3 +121,34 @@ def test_a_missing_accelerator_is_named(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert "provider 'cuda' needs a CUDA GPU, which this machine does not have" in err
     assert not out.exists()
+
+
+def test_a_folder_of_images_feeds_the_model_through_its_preprocessing(
+    tmp_path: Path, digits: Digits, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i in digits.held[:40]:
+        # Dark digits on a light background, 32x32, as docs/seven.png: the digits model's
+        # preprocessing shrinks and inverts them.
+        ink = np.kron(digits.small[i, 0], np.ones((4, 4), np.float32))
+        Image.fromarray((255 - ink * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["optimize", str(SAMPLE_MODELS / "digits"), "--to", "int8", "--samples",
+                 str(folder), "-o", str(out), "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"]["source"] == "samples/ (40 images)"
+    assert report["samples"]["checked"] == 40
+
+
+def test_a_step_over_its_time_limit_is_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["optimize", str(SAMPLE_MODELS / "digits_cnn"), "--to", "int8-static",
+                 "--timeout", "0.2", "-o", str(out)]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "took longer than 0.2 s and was stopped" in err
+    assert list(tmp_path.iterdir()) == []
