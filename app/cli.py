@@ -97,15 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="a config.json to validate along with it")
     check.add_argument("--json", action="store_true", help="print the signature as JSON")
     check.set_defaults(func=_check)
-    _add_optimize(commands)
+    _add_optimize(
+        commands.add_parser(
+            "optimize",
+            help="make an int8, fp16 or graph-optimised version of a model, checked for accuracy",
+        )
+    )
     return parser
 
 
-def _add_optimize(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    optimize = commands.add_parser(
-        "optimize",
-        help="make an int8, fp16 or graph-optimised version of a model, checked for accuracy",
-    )
+def _add_optimize(optimize: argparse.ArgumentParser) -> None:
     optimize.add_argument(
         "model", help="a model folder (its latest version), version folder or .onnx file"
     )
