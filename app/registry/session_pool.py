@@ -177,6 +177,13 @@ class SessionPool:
                     raise RunAbandoned("the client went away: its run was stopped") from None
                 raise
             return result, started - submitted, compute
+        except asyncio.CancelledError:
+            # The caller's task was cancelled (a gRPC client cancelled, or its deadline
+            # passed): nobody reads this run, so drop it if it waits, else stop it, and the
+            # session is free again.
+            work.cancel()
+            options.terminate = True
+            raise
         finally:
             if watch is not None:
                 watch.stop()
