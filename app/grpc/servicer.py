@@ -52,6 +52,18 @@ def not_offered(
     return refuse
 
 
+def stream_error(
+    message: service_pb2.ModelInferRequest, error: ServingError
+) -> service_pb2.ModelStreamInferResponse:
+    """A stream's answer to a request that failed: the error, and whose request it was."""
+    return service_pb2.ModelStreamInferResponse(
+        error_message=error.message,
+        infer_response=service_pb2.ModelInferResponse(
+            model_name=message.model_name, model_version=message.model_version, id=message.id
+        ),
+    )
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Every call decodes its message, calls the data plane and encodes the answer."""
 
@@ -223,14 +235,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 )
             except ServingError as exc:
                 code = grpc.StatusCode[exc.grpc_status]
-                answer = service_pb2.ModelStreamInferResponse(
-                    error_message=exc.message,
-                    infer_response=service_pb2.ModelInferResponse(
-                        model_name=message.model_name,
-                        model_version=message.model_version,
-                        id=message.id,
-                    ),
-                )
+                answer = stream_error(message, exc)
             finally:
                 state.inflight.leave()
                 log_call(context, "ModelStreamInfer", code, started)
@@ -245,10 +250,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                     await slots.acquire()
                     if state.shutting_down:
                         slots.release()
-                        error = ShuttingDown("the server is shutting down")
-                        await answers.put(
-                            service_pb2.ModelStreamInferResponse(error_message=error.message)
+                        error = ShuttingDown(
+                            "the server is shutting down; retry on another instance"
                         )
+                        await answers.put(stream_error(message, error))
                         continue
                     task = asyncio.create_task(serve(message))
                     tasks.add(task)

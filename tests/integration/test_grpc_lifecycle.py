@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import StartServer
 from tests.grpc.probes import BusyCall, expected_y, infer_input, probe_inputs, status
@@ -32,6 +33,29 @@ def health(server: RunningServer) -> Any:
         return stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status
 
 
+class OpenStream:
+    """A ModelStreamInfer call that stays open; ``ask`` sends one request, reads one answer."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.requests: queue.SimpleQueue[service_pb2.ModelInferRequest | None] = queue.SimpleQueue()
+        self.channel = grpc.insecure_channel(server.grpc_address)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.answers = stub.ModelStreamInfer(iter(self.requests.get, None), timeout=120)
+
+    def ask(self, request_id: str) -> service_pb2.ModelStreamInferResponse:
+        request = service_pb2.ModelInferRequest(model_name="add_mul", id=request_id)
+        for name in ("a", "b"):
+            request.inputs.add(name=name, datatype="FP32", shape=[1, 4])
+            request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+        self.requests.put(request)
+        answer: service_pb2.ModelStreamInferResponse = next(self.answers)
+        return answer
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.channel.close()
+
+
 def full_log(server: RunningServer) -> str:
     return server.log_path.read_text(errors="replace")
 
@@ -47,9 +71,12 @@ def exit_code(server: RunningServer, timeout: float = 60.0) -> int:
 def test_sigterm_drains_grpc_calls_then_exits_0(start_server: StartServer, tmp_path: Path) -> None:
     root = tmp_path / "models"
     write_model(root, "probe", probe(), config={"instances": {"count": 1}})
+    write_model(root, "add_mul", add_mul())
     server = start_server(root, env=INFO)
     assert health(server) == health_pb2.HealthCheckResponse.SERVING
     answers: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+    stream = OpenStream(server)
+    assert stream.ask("before").error_message == ""
     with (
         BusyCall(server, "probe") as busy,
         grpcclient.InferenceServerClient(server.grpc_address) as client,
@@ -77,6 +104,11 @@ def test_sigterm_drains_grpc_calls_then_exits_0(start_server: StartServer, tmp_p
         code, message = status(lambda: client.infer("probe", probe_inputs(X)))
         assert code == "UNAVAILABLE", message
         assert "shutting down" in message
+        # A stream opened before keeps answering, each new request with the refusal.
+        refused = stream.ask("after")
+        assert "shutting down" in refused.error_message
+        assert refused.infer_response.id == "after"
+        stream.close()
         assert answers.empty() and server.process.poll() is None
 
         # The busy call's client leaves; the held call gets the session and finishes.
@@ -89,7 +121,7 @@ def test_sigterm_drains_grpc_calls_then_exits_0(start_server: StartServer, tmp_p
     assert exit_code(server) == 0
     log = full_log(server)
     assert "SIGTERM: draining 2 in-flight requests" in log
-    assert "shut down: closed the sessions of 1 model versions" in log
+    assert "shut down: closed the sessions of 2 model versions" in log
 
 
 def test_workers_share_the_grpc_port_and_their_metrics(
