@@ -19,6 +19,7 @@ from tests.server import RunningServer
 
 KEY = {"authorization": "Bearer grpc-repository-key"}
 ONES = np.ones((1, 4), np.float32)
+MAX_UPLOAD_BYTES = 64 * 1024
 X = np.linspace(-1, 1, 48, dtype=np.float32).reshape(3, 16)
 
 
@@ -26,7 +27,10 @@ X = np.linspace(-1, 1, 48, dtype=np.float32).reshape(3, 16)
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("models")
     write_model(root, "add_mul", add_mul())
-    env = {"ONNX_SERVE_MANAGEMENT_API_KEY": "grpc-repository-key"}
+    env = {
+        "ONNX_SERVE_MANAGEMENT_API_KEY": "grpc-repository-key",
+        "ONNX_SERVE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+    }
     with RunningServer(root, env=env, log_path=root.parent / "server.log") as running:
         yield running
 
@@ -117,6 +121,17 @@ def test_loads_that_cannot_work_change_nothing(
     assert index(client) == before
     assert not (server.models / "refused").exists()
     assert not client.is_model_ready("refused")
+    assert add(client) == ("OK", "")
+
+
+def test_a_model_file_over_the_upload_limit_is_resource_exhausted(
+    server: RunningServer, client: grpcclient.InferenceServerClient
+) -> None:
+    files = {"file:1/model.onnx": b"\0" * (MAX_UPLOAD_BYTES + 1)}
+    code, message = status(lambda: client.load_model("too_big", headers=KEY, files=files))
+    assert code == "RESOURCE_EXHAUSTED", message
+    assert "over the upload limit" in message
+    assert not (server.models / "too_big").exists()
     assert add(client) == ("OK", "")
 
 
