@@ -79,7 +79,7 @@ def test_a_waiting_call_past_its_deadline_leaves_the_queue(
     with BusyCall(server, "probe") as busy:
         gone = busy.disconnected()
         code, message = status(
-            lambda: client.infer("probe", probe_inputs(X), timeout=timeout_us, client_timeout=0.3)
+            lambda: client.infer("probe", probe_inputs(X), timeout=timeout_us, client_timeout=1.0)
         )
         assert code == "DEADLINE_EXCEEDED", message
         # The server counts the call's client as gone, not as a fault of its own.
@@ -97,7 +97,7 @@ def test_a_running_call_past_its_deadline_frees_its_session(
 ) -> None:
     gone = failures(server, "client_disconnected")
     code, message = status(
-        lambda: client.infer("probe", probe_inputs(X, spin=FOREVER), client_timeout=0.5)
+        lambda: client.infer("probe", probe_inputs(X, spin=FOREVER), client_timeout=1.0)
     )
     assert code == "DEADLINE_EXCEEDED", message
     wait_for(lambda: failures(server, "client_disconnected") == gone + 1, "the call to be gone")

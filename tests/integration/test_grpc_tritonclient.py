@@ -171,7 +171,7 @@ def test_statistics_and_metrics_count_grpc_requests(
     assert after.inference_stats.compute_infer.count == after.inference_stats.success.count
     assert after.inference_count == before.inference_count + 6  # two rows each
     assert after.execution_count == before.execution_count + 3
-    assert after.last_inference >= before.last_inference > 0
+    assert after.last_inference >= before.last_inference and after.last_inference > 0
     assert requests("onnx_serve_request_success_total", "grpc") == successes + 3
     assert requests("onnx_serve_request_failure_total", "grpc", reason="bad_request") == bad + 1
     assert requests("onnx_serve_request_success_total", "rest") == rest
