@@ -87,15 +87,18 @@ class BusyCall:
             reason="client_disconnected",
         )
 
-    def cancel(self) -> None:
-        """Cancel the call; return once the server has counted its client gone."""
+    def cancel(self, *, wait: bool = True) -> None:
+        """Cancel the call; with ``wait``, return once the server has counted its client
+        gone (not while the server drains: the cancellation may let it exit)."""
         if not self.active:
             return
         self.active = False
         self.call.cancel()
-        wait_for(
-            lambda: self.disconnected() > self.gone_before, "the busy call to be counted as gone"
-        )
+        if wait:
+            wait_for(
+                lambda: self.disconnected() > self.gone_before,
+                "the busy call to be counted as gone",
+            )
         self.client.close()
 
     def __enter__(self) -> BusyCall:

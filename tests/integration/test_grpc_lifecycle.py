@@ -112,7 +112,7 @@ def test_sigterm_drains_grpc_calls_then_exits_0(start_server: StartServer, tmp_p
         assert answers.empty() and server.process.poll() is None
 
         # The busy call's client leaves; the held call gets the session and finishes.
-        busy.cancel()
+        busy.cancel(wait=False)
         result, error = answers.get(timeout=60)
         assert error is None, error
         assert result.get_response().id == "held"
