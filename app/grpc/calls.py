@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -19,6 +19,9 @@ from app.inference.request_ids import request_id
 from app.log import ACCESS_LOGGER, current_request_id
 
 T = TypeVar("T")
+#: Who may make a call: anyone (health, metadata, statistics, as over REST), holders of the
+#: inference key when one is set, or holders of the management key.
+Access = Literal["open", "inference", "management"]
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -52,17 +55,18 @@ class Calls:
         self.state = dataplane.state
 
     def open(
-        self, context: grpc.aio.ServicerContext[Any, Any], *, management: bool = False
+        self, context: grpc.aio.ServicerContext[Any, Any], access: Access = "open"
     ) -> tuple[RequestContext, ServingError | None]:
         """The call's request context, and the error its key earns (None: it may go on)."""
         given_id, key = presented(context.invocation_metadata())
         request = RequestContext(request_id(given_id), GRPC)
-        access = self.dataplane.access
+        keys = self.dataplane.access
         try:
-            if management:
-                access.check_management(key)
-            elif not access.inference_open:
-                access.check_inference(key)
+            if access == "inference":
+                if not keys.inference_open:
+                    keys.check_inference(key)
+            elif access == "management":
+                keys.check_management(key)
         except ServingError as exc:
             return request, exc
         return request, None
@@ -73,17 +77,18 @@ class Calls:
         method: str,
         body: Callable[[RequestContext], Awaitable[T]],
         *,
-        management: bool = False,
+        access: Access = "open",
         counted: bool = True,
     ) -> T:
-        """``body(request_context)``, answered with its status; ``counted`` calls are
-        refused while the server drains and counted in flight until they end."""
+        """``body(request_context)``, answered with its status; ``access`` says which key
+        the call needs; ``counted`` calls are refused while the server drains and counted in
+        flight until they end."""
         started = time.perf_counter()
         state = self.state
         code = grpc.StatusCode.OK
         token = None
         try:
-            request, refused = self.open(context, management=management)
+            request, refused = self.open(context, access)
             token = current_request_id.set(request.request_id)
             if counted and state.shutting_down:
                 raise ShuttingDown("the server is shutting down; retry on another instance")
