@@ -4,9 +4,10 @@
 #
 #   docker/install.sh requirements VENV FILE   create VENV, install FILE (exact versions with
 #                                              hashes: pip checks every download against them)
-#   docker/install.sh app VENV                 build the wheel of the source tree in the current
+#   docker/install.sh app VENV [STAGE]         build the wheel of the source tree in the current
 #                                              directory and install it without dependencies,
-#                                              so nothing unpinned slips in
+#                                              so nothing unpinned slips in; then copy the files
+#                                              it installed under STAGE, at their own paths
 #   docker/install.sh prune VENV               remove what only installing needs: pip and
 #                                              setuptools, and from NVIDIA's packages the files
 #                                              nothing loads at run time
@@ -30,6 +31,17 @@ app)
 	"$pip" wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$wheels" .
 	"$pip" install --quiet --disable-pip-version-check --no-deps "$wheels"/onnx_serve-*.whl
 	rm -rf "$wheels"
+	if [ -n "${3:-}" ]; then
+		"$venv/bin/python" - "$3" <<-'EOF'
+			import os, shutil, sys
+			from importlib.metadata import distribution
+			stage = sys.argv[1]
+			for file in distribution("onnx-serve").files or []:
+			    path = os.path.normpath(file.locate())
+			    os.makedirs(os.path.dirname(stage + path), exist_ok=True)
+			    shutil.copy2(path, stage + path)
+		EOF
+	fi
 	;;
 prune)
 	site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
@@ -42,7 +54,7 @@ prune)
 		"$site"/nvidia/*/lib/libnvblas.so.*
 	;;
 *)
-	echo "usage: $0 requirements VENV FILE | app VENV | prune VENV" >&2
+	echo "usage: $0 requirements VENV FILE | app VENV [STAGE] | prune VENV" >&2
 	exit 2
 	;;
 esac
