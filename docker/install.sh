@@ -32,12 +32,14 @@ app)
 	"$pip" install --quiet --disable-pip-version-check --no-deps "$wheels"/onnx_serve-*.whl
 	rm -rf "$wheels"
 	if [ -n "${3:-}" ]; then
-		"$venv/bin/python" - "$3" <<-'EOF'
+		# -I: the source tree's own metadata (in the current directory) must not be found.
+		"$venv/bin/python" -I - "$3" <<-'EOF'
 			import os, shutil, sys
 			from importlib.metadata import distribution
 			stage = sys.argv[1]
 			for file in distribution("onnx-serve").files or []:
 			    path = os.path.normpath(file.locate())
+			    assert os.path.isabs(path), path
 			    os.makedirs(os.path.dirname(stage + path), exist_ok=True)
 			    shutil.copy2(path, stage + path)
 		EOF
