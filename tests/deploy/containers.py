@@ -109,8 +109,6 @@ class Image:
 
     id: str
     tag: str
-    build_log: str
-    build_seconds: float
 
     def inspect(self) -> dict[str, Any]:
         """``podman image inspect``: the configuration, health check, size, ..."""
@@ -125,12 +123,10 @@ def build_image(flavour: str, scratch: Path) -> Image:
     """``build-image flavour`` on the working tree; the image it made."""
     script = require_builder()
     checkout = working_tree_checkout(scratch)
-    started = time.monotonic()
     result = subprocess.run(
         ["bash", str(script), flavour], cwd=checkout, env={**os.environ, "PROJ": str(checkout)},
         capture_output=True, text=True, timeout=BUILD_TIMEOUT,
     )  # fmt: skip
-    seconds = time.monotonic() - started
     assert result.returncode == 0, f"build-image {flavour} failed:\n{result.stderr[-6000:]}"
     built = result.stdout.strip().splitlines()[-1]
     image_id = podman("image", "inspect", "--format", "{{.Id}}", built).strip()
@@ -138,7 +134,7 @@ def build_image(flavour: str, scratch: Path) -> Image:
     tag = f"localhost/onnx-serve-test:{flavour}-{uuid.uuid4().hex[:12]}"
     podman("tag", image_id, tag)
     shutil.rmtree(checkout, ignore_errors=True)
-    return Image(image_id, tag, result.stderr, seconds)
+    return Image(image_id, tag)
 
 
 class Container:
@@ -184,7 +180,9 @@ class Container:
         )  # fmt: skip
         return result.stdout
 
-    def execute(self, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def execute(
+        self, *command: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """``command`` inside the running container, as its user."""
         options = [f"--env={key}={value}" for key, value in (env or {}).items()]
         return subprocess.run(

@@ -170,6 +170,29 @@ def test_log_is_clean(served: Container) -> None:
         assert unwanted not in log, log
 
 
+def test_several_workers_keep_their_metric_files_in_tmp(cpu_image: Image) -> None:
+    """Multi-worker mode is the other writer the docs name: its metric files go to /tmp."""
+    container = Container(cpu_image, free_port(), [*READ_ONLY, "--env", "ONNX_SERVE_WORKERS=2"], [])
+    try:
+        container.wait_ready()
+        request, _ = digits_request(4)
+        for _ in range(6):
+            r = httpx.post(container.url + "/v2/models/digits/infer", json=request)
+            assert r.status_code == 200, r.text
+        # Each worker moves its figures to the shared files every second or so; any scrape,
+        # whichever worker answers it, then sums them all.
+        wait_for(
+            lambda: metric(container.url, "onnx_serve_request_success_total",
+                           model="digits", version="1") == 6,
+            "both workers' requests to be counted",
+        )  # fmt: skip
+        files = container.execute("sh", "-c", "ls /tmp/onnx-serve-metrics-*/").stdout.split()
+        assert any(name.endswith(".db") for name in files), files
+        assert "Traceback" not in container.logs()
+    finally:
+        container.remove()
+
+
 def test_sigterm_drains_the_request_in_flight_then_exits_0(cpu_image: Image) -> None:
     """The image's own models, read-only; `podman stop` sends the image's stop signal."""
     container = Container(cpu_image, free_port(), READ_ONLY, [])
@@ -289,7 +312,9 @@ def cdi_gpus() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not cdi_gpus(), reason="no NVIDIA GPU with a CDI spec for podman here")
 def test_gpu_image_serves_on_cuda(gpu_image: Image) -> None:
-    container = Container(gpu_image, free_port(), [*READ_ONLY, "--device", "nvidia.com/gpu=all"], [])
+    container = Container(
+        gpu_image, free_port(), [*READ_ONLY, "--device", "nvidia.com/gpu=all"], []
+    )
     try:
         container.wait_ready(timeout=300)
         meta = httpx.get(container.url + "/v2/models/digits").json()
