@@ -21,6 +21,7 @@ SERVE_FLAGS = {
     "model_name": "model_name",
     "host": "host",
     "port": "port",
+    "grpc_port": "grpc_port",
     "workers": "workers",
     "log_level": "log_level",
     "log_format": "log_format",
@@ -84,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the repository root as this one model (KServe's /mnt/models layout)",
     )
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default: 8000)")
+    serve.add_argument("--port", type=int, help="HTTP port to bind (default: 8000)")
+    serve.add_argument(
+        "--grpc-port", type=int, help="gRPC port to bind (default: 8001; 0 turns gRPC off)"
+    )
     serve.add_argument("--workers", type=int, help="worker processes (default: 1)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["text", "json"], help="log lines (default: text)")

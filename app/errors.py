@@ -1,4 +1,7 @@
-"""Domain errors that carry the HTTP status they map to; no web framework import."""
+"""Domain errors that carry the HTTP status and the gRPC status they map to; no framework import.
+
+``grpc_status`` is the name of a ``grpc.StatusCode`` member, so that this module needs no gRPC.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ class ServingError(Exception):
     """Base of every error the service reports to a client as ``{"error": message}``."""
 
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
+    #: The ``grpc.StatusCode`` name the gRPC front end answers with.
+    grpc_status: str = "INVALID_ARGUMENT"
     #: Short, bounded label for the failure metric.
     reason: str = "bad_request"
 
@@ -35,26 +40,37 @@ class InvalidImage(BadRequest):
 
 class Unauthorized(ServingError):
     status = HTTPStatus.UNAUTHORIZED
+    grpc_status = "UNAUTHENTICATED"
     reason = "unauthorized"
+
+
+class InvalidKey(Unauthorized):
+    """A key was presented and does not match (gRPC tells this apart from a missing key)."""
+
+    grpc_status = "PERMISSION_DENIED"
 
 
 class Forbidden(ServingError):
     status = HTTPStatus.FORBIDDEN
+    grpc_status = "PERMISSION_DENIED"
     reason = "forbidden"
 
 
 class ModelNotFound(ServingError):
     status = HTTPStatus.NOT_FOUND
+    grpc_status = "NOT_FOUND"
     reason = "not_found"
 
 
 class Conflict(ServingError):
     status = HTTPStatus.CONFLICT
+    grpc_status = "ALREADY_EXISTS"
     reason = "conflict"
 
 
 class PayloadTooLarge(ServingError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    grpc_status = "RESOURCE_EXHAUSTED"
     reason = "too_large"
 
 
@@ -72,26 +88,31 @@ class InsufficientStorage(ServingError):
     """The model repository has no room (or no write access) for an upload."""
 
     status = HTTPStatus.INSUFFICIENT_STORAGE
+    grpc_status = "RESOURCE_EXHAUSTED"
     reason = "insufficient_storage"
 
 
 class QueueFull(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_status = "UNAVAILABLE"
     reason = "queue_full"
 
 
 class ModelNotReady(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_status = "UNAVAILABLE"
     reason = "not_ready"
 
 
 class ShuttingDown(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_status = "UNAVAILABLE"
     reason = "shutting_down"
 
 
 class QueueTimeout(ServingError):
     status = HTTPStatus.GATEWAY_TIMEOUT
+    grpc_status = "DEADLINE_EXCEEDED"
     reason = "timeout"
 
 
@@ -99,4 +120,13 @@ class InferenceFailed(ServingError):
     """The runtime failed on a request that passed validation (a model or server fault)."""
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
+    grpc_status = "INTERNAL"
     reason = "runtime_error"
+
+
+class ClientDisconnected(ServingError):
+    """The client went away while its request waited or ran (nobody reads the answer)."""
+
+    status = HTTPStatus.BAD_REQUEST
+    grpc_status = "CANCELLED"
+    reason = "client_disconnected"

@@ -14,13 +14,14 @@ import orjson
 ACCESS_LOGGER = "onnx_serve.access"
 
 #: Fields an access log record carries besides its message; JSON lines keep them as keys.
-ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "bytes", "client")
+ACCESS_FIELDS = ("protocol", "method", "path", "status", "duration_ms", "bytes", "client")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 # The id of the request being served by the current task (and the threads it hands work to
-# through ``asyncio.to_thread``, which copies the context). A context variable must live at
-# module level; it holds no state between requests.
+# through ``asyncio.to_thread``, which copies the context), for log lines only: the serving
+# layers get the id in the request's context, never from here. A context variable must live
+# at module level; it holds no state between requests.
 current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "current_request_id", default=None
 )

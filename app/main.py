@@ -15,19 +15,20 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import __version__
-from app.api import errors
-from app.api.fastpath import PlainRoutes, ServingApp
-from app.api.middleware import InFlightRequests, RequestContextMiddleware
-from app.api.routes import health, images, predict, repository, v1, v2
+from app.api import errors, image_docs
+from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
+from app.api.middleware import RequestContextMiddleware
+from app.api.routes import console, health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
 from app.api.routes import models as model_routes
 from app.api.shutdown import drain_on_signals
-from app.inference.batching import batcher_for
-from app.inference.service import InferenceService
+from app.grpc.server import GrpcServer
+from app.inference.dataplane import DataPlane
+from app.inference.lifecycle import ServerState
+from app.inference.runners import runner_for
 from app.log import configure_logging
 from app.metrics import Metrics, flush_periodically, multiprocess_dir
 from app.protocol.schemas import component_schemas
-from app.protocol.v2 import RequestLimits
 from app.registry.cuda_libraries import preload_cuda_libraries
 from app.registry.installer import ModelInstaller
 from app.registry.registry import ModelRegistry
@@ -37,20 +38,13 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
+FINAL_GRPC_SECONDS = 1.0
+
 DESCRIPTION = (
-    "Serves ONNX models over the Open Inference Protocol v2 (Triton-compatible), KServe v1 "
-    "and a simple `/predict` API, with Prometheus metrics at `/metrics`."
+    "Serves ONNX models over the Open Inference Protocol v2 (Triton-compatible, REST here and "
+    "gRPC on its own port), KServe v1 and a simple `/predict` API, with Prometheus metrics at "
+    "`/metrics`."
 )
-
-
-def limits_from(settings: Settings) -> RequestLimits:
-    return RequestLimits(
-        max_request_bytes=settings.max_request_bytes,
-        max_elements=settings.max_tensor_elements,
-        max_depth=settings.max_json_depth,
-        max_inputs=settings.max_inputs,
-        max_bytes_element=settings.max_bytes_element,
-    )
 
 
 @asynccontextmanager
@@ -70,7 +64,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await registry.load_all()
     if watcher is not None:
         watcher.start()
-    app.state.ready = True
+    state: ServerState = app.state.server
+    state.ready = True
+    grpc_server: GrpcServer | None = app.state.grpc
+    if grpc_server is not None:
+        await grpc_server.start()
     # With worker processes a scrape reads every worker's series from shared files: each
     # worker moves its figures there on its own (a single process does it at each scrape).
     flushing = (
@@ -78,14 +76,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if multiprocess_dir() is not None
         else None
     )
-    restore_signals = drain_on_signals(
-        app.state, app.state.inflight, settings.shutdown_grace_seconds
-    )
+    restore_signals = drain_on_signals(state, settings.shutdown_grace_seconds)
     try:
         yield
     finally:
         restore_signals()
-        app.state.shutting_down = True
+        state.shut_down()
+        if grpc_server is not None:
+            # Calls still running after the drain's grace period get a last second.
+            await grpc_server.stop(FINAL_GRPC_SECONDS)
         if watcher is not None:
             await watcher.stop()
         closing = len(registry.live())
@@ -106,17 +105,18 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     if settings.preload_cuda:
         preload_cuda_libraries()
     repo = open_repository(settings.model_repository, settings.model_name)
+    state = ServerState()
     registry = ModelRegistry(
         repo,
         settings,
         metrics,
-        batcher_factory=partial(
-            batcher_for, metrics=metrics, default_timeout_us=settings.default_timeout_us
+        runner_factory=partial(
+            runner_for, metrics=metrics, default_timeout_us=settings.default_timeout_us
         ),
     )
-    service = InferenceService(
-        registry, metrics, limits_from(settings), default_timeout_us=settings.default_timeout_us
-    )
+    installer = ModelInstaller(registry)
+    dataplane = DataPlane(registry, installer, metrics, settings, state)
+    metrics.requests_in_flight = lambda: state.inflight.count
 
     app = ServingApp(
         title="onnx-serve",
@@ -130,25 +130,27 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
-    app.state.service = service
-    installer = ModelInstaller(registry)
     app.state.installer = installer
+    app.state.dataplane = dataplane
+    app.state.server = state
+    app.state.grpc = (
+        GrpcServer(dataplane, settings.host, settings.grpc_port, reuse_port=settings.workers > 1)
+        if settings.grpc_port
+        else None
+    )
     app.state.watcher = None
     if settings.repository_poll_seconds > 0:
         app.state.watcher = RepositoryWatcher(installer, settings.repository_poll_seconds)
         installer.on_change = app.state.watcher.refresh
-    app.state.ready = False
-    app.state.shutting_down = False
-    app.state.inflight = InFlightRequests()
-    app.add_middleware(RequestContextMiddleware, state=app.state, inflight=app.state.inflight)
+    app.add_middleware(RequestContextMiddleware, state=state)
     errors.install(app)
     app.include_router(model_routes.router)
-    for module in (health, v2, repository, v1, predict, images, metrics_routes):
+    for module in (health, v2, repository, v1, metrics_routes):
         app.include_router(module.router)
-    app.plain_routes = PlainRoutes(
-        [*v2.PLAIN_ROUTES, *v1.PLAIN_ROUTES, *predict.PLAIN_ROUTES],
-        partial(RequestContextMiddleware, state=app.state, inflight=app.state.inflight),
-    )
+    hot = [*v2.HOT_ROUTES, *v1.HOT_ROUTES, *predict.HOT_ROUTES, *images.HOT_ROUTES]
+    add_hot_routes(app.router, hot)
+    app.include_router(console.router)
+    app.plain_routes = PlainRoutes(hot, partial(RequestContextMiddleware, state=state))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -161,7 +163,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 component_schemas()
             )
-            schema["components"]["schemas"].update(images.component_schemas())
+            schema["components"]["schemas"].update(image_docs.component_schemas())
             app.openapi_schema = schema
         return app.openapi_schema
 

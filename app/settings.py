@@ -26,7 +26,14 @@ class Settings(BaseSettings):
         "root is version 1, else <version>/model.onnx (KServe's /mnt/models layout).",
     )
     host: str = Field("127.0.0.1", description="Address to bind.")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of the HTTP server.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="TCP port of the gRPC server (inference.GRPCInferenceService, health, "
+        "reflection), on the same address; 0 turns gRPC off.",
+    )
     workers: int = Field(1, ge=1, description="Number of uvicorn worker processes.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service and the access log."

@@ -28,12 +28,13 @@ from app.metrics import FLUSH_SECONDS
 from bench import payloads
 from bench.load import Request, run_load, wrk_path
 from bench.models import REPOSITORY, RESNET_INPUT, RESNET_OUTPUT, WIDE_WIDTH, write_repository
-from bench.processes import CpuWatch, Process, bare_asgi, onnx_serve
+from bench.processes import CpuWatch, Process, bare_asgi, bare_grpc, onnx_serve
 from bench.raw import run_loop, server_session
 from bench.report import Row, machine, print_table, targets
 
 HOST = "127.0.0.1"
 Reference = Callable[[float], Row]
+SECTIONS = ("resnet", "wide", "mlp", "grpc", "workers")
 
 
 class Bench:
@@ -81,8 +82,10 @@ class Bench:
         workers: int = 1,
     ) -> Row:
         """Drive ``process`` with ``request`` at ``concurrency`` for ``seconds``."""
+        port = process.grpc_port if request.grpc else process.port
+        assert port is not None, f"{name}: the process serves no gRPC"
         with CpuWatch(process.pids()) as cpu:
-            result = run_load(HOST, process.port, request, concurrency, seconds)
+            result = run_load(HOST, port, request, concurrency, seconds)
         return Row(
             name=name,
             kind=kind,
@@ -155,7 +158,10 @@ def median_row(rows: list[Row]) -> Row:
 
 
 def verify(process: Process, request: Request, expected: np.ndarray | None) -> str | None:
-    problem = payloads.check(process.url, request, expected)
+    if request.grpc:
+        problem = payloads.check_grpc(f"{HOST}:{process.grpc_port}", request, expected)
+    else:
+        problem = payloads.check(process.url, request, expected)
     if problem is not None:
         print(f"  check of {request.path} failed: {problem}", flush=True)
     return problem
@@ -177,7 +183,8 @@ def resnet_section(bench: Bench, server: Process, files: dict[str, Path]) -> Non
     as_json = payloads.v2_json("resnet50", RESNET_INPUT, x)
     two = payloads.v2_binary("resnet50_x2", RESNET_INPUT, x, RESNET_OUTPUT)
     batched4 = payloads.v2_binary("resnet50_batched4", RESNET_INPUT, x, RESNET_OUTPUT)
-    require(server, [binary, batched, batched4, as_json, two], expected)
+    over_grpc = payloads.grpc_infer("resnet50", RESNET_INPUT, x, RESNET_OUTPUT)
+    require(server, [binary, batched, batched4, as_json, two, over_grpc], expected)
 
     def raw(seconds: float) -> Row:
         return bench.raw("raw onnxruntime, ResNet-50 batch 1", session, {RESNET_INPUT: x}, seconds)
@@ -185,6 +192,7 @@ def resnet_section(bench: Bench, server: Process, files: dict[str, Path]) -> Non
     pairs = bench.pairs
     bench.paired("ResNet-50 v2 binary", server, binary, 1, raw, "raw", pairs=pairs)
     bench.paired("ResNet-50 v2 binary", server, binary, 4, raw, "raw", pairs=pairs)
+    bench.paired("ResNet-50 gRPC raw tensors", server, over_grpc, 4, raw, "raw", pairs=pairs)
     name = "ResNet-50 v2 binary, dynamic batching"
     bench.paired(name, server, batched, 8, raw, "raw", pairs=pairs)
     name = "ResNet-50 v2 binary, dynamic batching, preferred batch 4"
@@ -263,13 +271,68 @@ def mlp_section(bench: Bench, server: Process, files: dict[str, Path], logs: Pat
                 row.ratios["raw"] = row.rows_per_second / raw.rows_per_second
 
 
-def success_count(process: Process, model: str) -> float:
+def grpc_section(bench: Bench, server: Process, files: dict[str, Path], logs: Path) -> None:
+    """The small MLP over gRPC, against a bare grpcio server answering the same bytes."""
+    session = server_session(files["mlp"])
+    x = payloads.mlp_input()
+    expected = session.run(None, {"x": x})[0]
+    requests = {
+        "gRPC raw tensors": payloads.grpc_infer("mlp", "x", x, "y"),
+        "gRPC raw tensors, dynamic batching": payloads.grpc_infer("mlp_batched", "x", x, "y"),
+    }
+    require(server, list(requests.values()), expected)
+    first = requests["gRPC raw tensors"]
+    answer = logs / "mlp-grpc-answer.bin"
+    answer.write_bytes(payloads.grpc_answer(f"{HOST}:{server.grpc_port}", first))
+    before = success_count(server, "mlp", "grpc") + success_count(server, "mlp_batched", "grpc")
+    rows: list[Row] = []
+    with bare_grpc(answer, logs / "bare-grpc.log") as bare:
+        for concurrency in (1, 16, 64):
+
+            def ceiling(seconds: float, c: int = concurrency) -> Row:
+                return bench.load("bare grpcio server", bare, first, c, seconds, kind="ceiling")
+
+            names = list(requests) if concurrency == 16 else ["gRPC raw tensors"]
+            pairs = bench.pairs if concurrency == 16 else 1
+            for payload in names:
+                rows.append(
+                    bench.paired(
+                        f"MLP {payload}",
+                        server,
+                        requests[payload],
+                        concurrency,
+                        ceiling,
+                        "ceiling",
+                        pairs=pairs,
+                    )
+                )
+    counted = (
+        success_count(server, "mlp", "grpc") + success_count(server, "mlp_batched", "grpc") - before
+    )
+    sent = sum(r.requests for r in rows)
+    cut = sum(r.concurrency * (bench.pairs if r.concurrency == 16 else 1) for r in rows)
+    rows[-1].note = (
+        f"the server counted {counted:.0f} gRPC successes for the {sent} calls h2load saw "
+        f"answered (and at most {cut} more cut off at its deadlines)"
+    )
+    rows[-1].metrics_ok = sent <= counted <= sent + cut
+    # The ceiling in the other setups grpcio offers, for comparison (one window each).
+    for mode in ("aio", "threads"):
+        with bare_grpc(answer, logs / f"bare-grpc-{mode}.log", mode) as other:
+            name = f"bare grpcio server ({mode})"
+            bench.record(bench.load(name, other, first, 16, bench.seconds, kind="ceiling"))
+
+
+def success_count(process: Process, model: str, protocol: str | None = None) -> float:
     text = httpx.get(process.url + "/metrics", timeout=10).text
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "onnx_serve_request_success_total":
-                if sample.labels.get("model") == model:
+                if sample.labels.get("model") == model and protocol in (
+                    None,
+                    sample.labels.get("protocol"),
+                ):
                     total += sample.value
     return total
 
@@ -317,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="seconds a window (default 4; quick 2)")
     parser.add_argument("--pairs", type=int, help="windows per figure (default 3; quick 1)")
     parser.add_argument("--skip-resnet", action="store_true", help="leave out ResNet-50")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only these sections (repeatable; default: all)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here as JSON")
     args = parser.parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 4.0)
@@ -332,12 +401,18 @@ def main(argv: list[str] | None = None) -> int:
         files = write_repository(repo, skip=skip if args.skip_resnet else None)
         mlp_repo = root / "mlp-models"
         write_repository(mlp_repo, only={"mlp"})
+        wanted = set(args.only or SECTIONS)
         with onnx_serve(repo, root / "server.log") as server:
-            if not args.skip_resnet:
+            if not args.skip_resnet and "resnet" in wanted:
                 resnet_section(bench, server, files)
-            wide_section(bench, server, files)
-            mlp_section(bench, server, files, root)
-            workers_section(bench, server, mlp_repo, root)
+            if "wide" in wanted:
+                wide_section(bench, server, files)
+            if "mlp" in wanted:
+                mlp_section(bench, server, files, root)
+            if "grpc" in wanted:
+                grpc_section(bench, server, files, root)
+            if "workers" in wanted:
+                workers_section(bench, server, mlp_repo, root)
     print(f"\n{len(bench.rows)} rows in {time.monotonic() - started:.0f} s\n")
     print_table(bench.rows)
     print()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.grpc_load import run_h2load
+
 WRK_MARK = "BENCH_RESULT "
 WRK_SCRIPT = r"""
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
@@ -39,11 +41,12 @@ end
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One POST, sent again and again."""
+    """One POST, sent again and again; a gRPC call (``grpc``) goes to the gRPC port."""
 
     path: str
     body: bytes
     headers: dict[str, str]
+    grpc: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,13 @@ def wrk_path() -> str | None:
 def run_load(
     host: str, port: int, request: Request, concurrency: int, seconds: float
 ) -> LoadResult:
-    """Drive ``request`` at ``concurrency`` for ``seconds`` with wrk, else with Python."""
+    """Drive ``request`` at ``concurrency`` for ``seconds`` with wrk (h2load for gRPC), else
+    with Python."""
+    if request.grpc:
+        done, elapsed, failed, p50, p99 = run_h2load(
+            host, port, request.path, request.body, concurrency, seconds
+        )
+        return LoadResult(done, elapsed, failed, p50, p99, "h2load")
     wrk = wrk_path()
     if wrk is not None:
         return _run_wrk(wrk, host, port, request, concurrency, seconds)

@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 from PIL import Image
 
+from bench.grpc_load import GRPC_HEADERS, INFER_PATH, frame
 from bench.load import Request
 from bench.models import MLP_WIDTH, RESNET_SHAPE
 
@@ -50,6 +51,37 @@ def v2_binary(model: str, name: str, x: np.ndarray, output: str) -> Request:
     )
     headers = {"Content-Type": "application/octet-stream", HEADER: str(len(header))}
     return Request(f"/v2/models/{model}/infer", header + raw, headers)
+
+
+def grpc_infer(model: str, name: str, x: np.ndarray, output: str) -> Request:
+    """A gRPC ModelInfer with raw tensors, as tritonclient.grpc sends it."""
+    from tritonclient.grpc import service_pb2
+
+    message = service_pb2.ModelInferRequest(model_name=model)
+    message.inputs.add(name=name, datatype="FP32", shape=list(x.shape))
+    message.outputs.add(name=output)
+    message.raw_input_contents.append(x.astype("<f4").tobytes())
+    return Request(INFER_PATH, frame(message.SerializeToString()), GRPC_HEADERS, grpc=True)
+
+
+def grpc_answer(address: str, request: Request) -> bytes:
+    """The serialised answer to a gRPC ``request`` (its body without the frame header)."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(request.path)
+        answer: bytes = call(request.body[5:], timeout=120)
+    return answer
+
+
+def grpc_outputs(answer: bytes) -> dict[str, np.ndarray]:
+    from tritonclient.grpc import service_pb2
+
+    response = service_pb2.ModelInferResponse.FromString(answer)
+    return {
+        o.name: np.frombuffer(raw, "<f4").reshape(o.shape)
+        for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }
 
 
 def predict_json(model: str, name: str, x: np.ndarray) -> Request:
@@ -114,6 +146,26 @@ def outputs_of(response: httpx.Response) -> dict[str, np.ndarray]:
     return {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in doc["outputs"]}
 
 
+def check_grpc(address: str, request: Request, expected: np.ndarray | None) -> str | None:
+    """Send a gRPC ``request`` once: None when it is answered right, else what went wrong."""
+    import grpc
+
+    try:
+        outputs = grpc_outputs(grpc_answer(address, request))
+    except grpc.RpcError as exc:
+        return f"gRPC {exc}"
+    return _compare(outputs, expected)
+
+
+def _compare(outputs: dict[str, np.ndarray], expected: np.ndarray | None) -> str | None:
+    if expected is None:
+        return None
+    got = next(iter(outputs.values()))
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-5):
+        return f"wrong answer: {got.ravel()[:4]} != {expected.ravel()[:4]}"
+    return None
+
+
 def check(base_url: str, request: Request, expected: np.ndarray | None) -> str | None:
     """Send ``request`` once: None when it is answered right, else what went wrong."""
     try:
@@ -124,10 +176,4 @@ def check(base_url: str, request: Request, expected: np.ndarray | None) -> str |
         return f"{type(exc).__name__}: {exc}"
     if response.status_code != 200:
         return f"HTTP {response.status_code}: {response.text[:200]}"
-    if expected is None:
-        return None
-    outputs = outputs_of(response)
-    got = next(iter(outputs.values()))
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-5):
-        return f"wrong answer: {got.ravel()[:4]} != {expected.ravel()[:4]}"
-    return None
+    return _compare(outputs_of(response), expected)

@@ -27,11 +27,21 @@ def free_port() -> int:
 
 
 class Process:
-    """A subprocess serving HTTP on a loopback port; ``ready_path`` answers 200 when up."""
+    """A subprocess serving HTTP on a loopback port; ``ready_path`` answers 200 when up (None:
+    a server of gRPC only, up once its port takes connections)."""
 
-    def __init__(self, command: list[str], port: int, ready_path: str, log: Path) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        port: int,
+        ready_path: str | None,
+        log: Path,
+        grpc_port: int | None = None,
+    ) -> None:
         self.command = command
         self.port = port
+        #: Where its gRPC server listens, if it has one.
+        self.grpc_port = grpc_port
         self.url = f"http://127.0.0.1:{port}"
         self.ready_path = ready_path
         self.log_path = log
@@ -47,11 +57,15 @@ class Process:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.command[2:4]} exited:\n{self.log()}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+            if self.ready_path is None:
+                if _accepts(self.port):
                     return self
-            except httpx.TransportError:
-                pass
+            else:
+                try:
+                    if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
             time.sleep(0.1)
         raise TimeoutError(f"not ready after {timeout}s:\n{self.log()}")
 
@@ -83,13 +97,29 @@ class Process:
         self.stop()
 
 
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def onnx_serve(models: Path, log: Path, workers: int = 1) -> Process:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     command = [
         sys.executable, "-m", "app.cli", "serve", "--models", str(models),
-        "--port", str(port), "--workers", str(workers), "--log-level", "warning",
+        "--port", str(port), "--grpc-port", str(grpc_port), "--workers", str(workers),
+        "--log-level", "warning",
     ]  # fmt: skip
-    return Process(command, port, "/v2/health/ready", log)
+    return Process(command, port, "/v2/health/ready", log, grpc_port)
+
+
+def bare_grpc(answer: Path, log: Path, mode: str = "aio-uvloop") -> Process:
+    """The bare grpcio server (bench/bare_grpc.py) answering ``answer``'s bytes."""
+    port = free_port()
+    command = [sys.executable, "-m", "bench.bare_grpc", str(port), str(answer), mode]
+    return Process(command, port, None, log, grpc_port=port)
 
 
 def bare_asgi(log: Path) -> Process:

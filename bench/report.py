@@ -126,6 +126,20 @@ def targets(rows: list[Row]) -> str:
         ("ResNet-50 v2 JSON", 4, "raw", 0.80, "ResNet-50 JSON c=4 >= 0.80x raw batch-1"),
         ("MLP v2 JSON", 16, "ceiling", 0.25, "MLP JSON v2 c=16, 1 worker >= 0.25x bare ASGI"),
         ("MLP /predict JSON", 16, "ceiling", 0.25, "MLP /predict c=16, 1 worker >= 0.25x bare"),
+        (
+            "ResNet-50 gRPC raw tensors",
+            4,
+            "raw",
+            0.95,
+            "ResNet-50 gRPC raw tensors c=4 >= 0.95x raw batch-1",
+        ),
+        (
+            "MLP gRPC raw tensors",
+            16,
+            "ceiling",
+            0.6,
+            "MLP gRPC c=16 >= 0.6x bare grpcio server",
+        ),
     ]
     lines = ["Targets:"]
     for name, concurrency, key, bound, text in checks:
@@ -149,6 +163,10 @@ def targets(rows: list[Row]) -> str:
             "  (what batching gains in raw onnxruntime itself, images a second against the "
             f"batch-1 loop, alternating windows: {', '.join(gains)})"
         )
+    for row in rows:
+        if row.name.startswith("MLP gRPC") and row.metrics_ok is not None:
+            ok = "met " if row.metrics_ok else "MISS"
+            lines.append(f"  [{ok}] gRPC calls counted exactly: {row.note}")
     doubles = [r for r in rows if r.workers == 2 and r.kind == "server"]
     if not doubles:
         lines.append("  [ -- ] 2 workers: not measured")

@@ -111,10 +111,14 @@ class RunningServer(ServerProcess):
     ) -> None:
         self.port = free_port()
         self.host_port = f"127.0.0.1:{self.port}"
+        #: The gRPC server's address (every test server runs one, as users' servers do).
+        self.grpc_port = free_port()
+        self.grpc_address = f"127.0.0.1:{self.grpc_port}"
         self.models = models
         command = [
             sys.executable, "-m", "app.cli", "serve",
-            "--models", str(models), "--port", str(self.port), *(args or []),
+            "--models", str(models), "--port", str(self.port),
+            "--grpc-port", str(self.grpc_port), *(args or []),
         ]  # fmt: skip
         super().__init__(
             command,

@@ -1,9 +1,10 @@
 """Graceful shutdown: on SIGTERM stop taking work, let in-flight requests finish, then stop.
 
-The server keeps listening while it drains, so probes see readiness turn false at once and new
-requests get a clear 503 instead of a refused connection. Once the in-flight requests are done
-(or the grace period is over) the signal is passed on to the server's own handler, which closes
-the connections and runs the app's shutdown (sessions are closed there).
+The servers keep listening while they drain, so probes see readiness turn false at once and
+new requests get a clear 503 (gRPC: UNAVAILABLE) instead of a refused connection. Once the
+in-flight requests of both front ends are done (or the grace period is over) the signal is
+passed on to the HTTP server's own handler, which closes the connections and runs the app's
+shutdown (the gRPC server stops and the sessions are closed there).
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from starlette.datastructures import State
-
-from app.api.middleware import InFlightRequests
+from app.inference.lifecycle import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +26,20 @@ DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
-def drain_on_signals(
-    state: State, inflight: InFlightRequests, grace_seconds: float
-) -> Callable[[], None]:
+def drain_on_signals(state: ServerState, grace_seconds: float) -> Callable[[], None]:
     """Put a drain in front of the current SIGTERM/SIGINT handlers; returns an undo.
 
-    The first signal sets ``state.shutting_down`` (readiness false, new requests 503) and
-    waits up to ``grace_seconds`` for the in-flight requests before passing the signal on; a
-    second signal passes on at once. Does nothing outside the main thread, where signal
-    handlers cannot be set (an app served by a test client, for instance).
+    The first signal shuts ``state`` down (readiness false, new requests refused) and waits
+    up to ``grace_seconds`` for the in-flight requests before passing the signal on; a second
+    signal passes on at once. Does nothing outside the main thread, where signal handlers
+    cannot be set (an app served by a test client, for instance).
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
     previous: dict[int, Handler] = {sig: signal.getsignal(sig) for sig in DRAIN_SIGNALS}
     drains: set[asyncio.Task[None]] = set()
+    inflight = state.inflight
 
     def pass_on(sig: int) -> None:
         handler = previous[sig]
@@ -67,11 +65,11 @@ def drain_on_signals(
             pass_on(sig)
             return
         # Set here, in the handler, so that the very next request already sees it.
-        state.shutting_down = True
+        state.shut_down()
 
         def start() -> None:
             log.info(
-                "%s: draining %d in-flight requests (grace %.1fs); new requests get 503",
+                "%s: draining %d in-flight requests (grace %.1fs); new requests are refused",
                 signal.Signals(sig).name, inflight.count, grace_seconds,
             )  # fmt: skip
             task = loop.create_task(drain(sig))

@@ -15,58 +15,38 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from http import HTTPStatus
 
 import numpy as np
 
-from app.errors import BadRequest, ModelNotReady, QueueFull, QueueTimeout, ServingError
+from app.errors import ClientDisconnected, ModelNotReady, QueueFull, QueueTimeout, ServingError
+from app.inference.failures import runtime_error
 from app.metrics import Metrics
 from app.registry.config import DynamicBatchingConfig
-from app.registry.model import ModelVersion, padded_batch_size
+from app.registry.model import (
+    Disconnected,
+    Feeds,
+    ModelVersion,
+    RunContext,
+    RunResult,
+    padded_batch_size,
+)
 from app.registry.session_pool import SessionPool
 
 log = logging.getLogger(__name__)
-
-Tensors = dict[str, np.ndarray]
-#: Returns once the request's client has gone away (the API layer supplies it).
-Disconnected = Callable[[], Awaitable[object]]
-#: (outputs by name, seconds queued, seconds of the session run that computed them)
-BatchResult = tuple[Tensors, float, float]
-
-# The current request's disconnect signal, set by the API layer for the request's task so
-# that every inference route gets queue drops without threading it through each call.
-disconnect_signal: ContextVar[Disconnected | None] = ContextVar("disconnect_signal", default=None)
-
-
-class ClientDisconnected(ServingError):
-    """The client went away while its request waited in the queue (nobody reads the answer)."""
-
-    status = HTTPStatus.BAD_REQUEST
-    reason = "client_disconnected"
-
-
-def timeout_parameter(value: object) -> int | None:
-    """The v2 ``parameters.timeout`` of a request: microseconds, a non-negative integer."""
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadRequest(f"parameters.timeout must be a non-negative integer (us), got {value!r}")
-    return value
 
 
 @dataclass(eq=False, slots=True)
 class _Pending:
     """One request in the queue; compared and hashed by identity."""
 
-    feeds: Tensors
+    feeds: Feeds
     outputs: list[str]
     rows: int
     key: tuple[object, ...]
-    future: asyncio.Future[BatchResult]
+    future: asyncio.Future[RunResult]
     enqueued: float
     under_load: bool
     timer: asyncio.TimerHandle | None = None
@@ -75,7 +55,7 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Outcome:
-    outputs: Tensors | None
+    outputs: Feeds | None
     error: BaseException | None
     started: float
     computed: float
@@ -131,15 +111,30 @@ class DynamicBatcher:
         """Session runs in flight now."""
         return self._running
 
+    async def run(
+        self, feeds: Feeds, outputs: list[str], rows: int, context: RunContext
+    ) -> RunResult:
+        """``submit`` as a ``Runner``: every failure becomes a ``ServingError``."""
+        try:
+            return await self.submit(
+                feeds,
+                outputs,
+                rows,
+                timeout_us=context.timeout_us,
+                disconnected=context.disconnected,
+            )
+        except Exception as exc:
+            raise runtime_error(exc) from None
+
     async def submit(
         self,
-        feeds: Tensors,
+        feeds: Feeds,
         outputs: list[str],
         rows: int,
         *,
         timeout_us: int | None = None,
         disconnected: Disconnected | None = None,
-    ) -> BatchResult:
+    ) -> RunResult:
         """Queue one validated request and wait for its share of a batch run.
 
         ``timeout_us`` (0: none) bounds the time in the queue, else the model's or server's
@@ -376,7 +371,7 @@ class DynamicBatcher:
 
     def _run_merged(
         self, batch: list[_Pending], names: list[str], runs: list[tuple[int, float]]
-    ) -> list[Tensors]:
+    ) -> list[Feeds]:
         rows = sum(e.rows for e in batch)
         padding = max(0, (self._pad_rows or 0) - rows)
         feeds = {
@@ -394,7 +389,7 @@ class DynamicBatcher:
                     f"batch of {rows + padding}; the model does not keep rows apart"
                 )
         runs.append((rows, seconds))
-        split: list[Tensors] = []
+        split: list[Feeds] = []
         offset = 0
         by_name = dict(zip(names, results, strict=True))
         for entry in batch:

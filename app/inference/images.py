@@ -1,8 +1,11 @@
-"""Image prediction: encoded images in, one batched inference, labelled top-k out."""
+"""Image prediction: encoded images in, one batched inference, labelled top-k out.
+
+The data plane runs the steps: ``image_call`` checks, ``prepare`` decodes (off the event
+loop), the runner runs, ``image_answer`` labels.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from collections.abc import Sequence
@@ -15,10 +18,8 @@ from app.errors import BadRequest, InvalidImage
 from app.inference.image_plan import ImagePlan, Invert, image_plan
 from app.inference.postprocessing import ClassifierPlan, classifier_plan, predictions
 from app.inference.preprocessing import preprocess
-from app.inference.service import InferenceService
-from app.metrics import RequestObservation
 from app.protocol.tensors import jsonable
-from app.registry.model import ModelVersion
+from app.registry.model import Feeds, ModelVersion
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,42 +76,47 @@ def prepare(
     return preprocess(images, plan, max_pixels, invert)
 
 
-def _check_count(model: ModelVersion, plan: ImagePlan, count: int) -> None:
+@dataclass(frozen=True, slots=True)
+class ImageCall:
+    """How one image request runs on its model: the preprocessing, postprocessing, outputs."""
+
+    pre: ImagePlan
+    post: ClassifierPlan | None
+    #: Outputs to compute (None: all of them, for ``raw``).
+    outputs: list[str] | None
+
+
+def image_call(model: ModelVersion, count: int, options: ImageOptions) -> ImageCall:
+    """Check that ``count`` images with ``options`` suit the model; 400 when not."""
+    pre, post = plans(model)
     if count == 0:
         raise BadRequest("no image in the request")
-    if plan.fixed_batch is not None and count != plan.fixed_batch:
+    if pre.fixed_batch is not None and count != pre.fixed_batch:
         raise BadRequest(
-            f"model '{model.name}' takes exactly {plan.fixed_batch} image(s) per request, "
+            f"model '{model.name}' takes exactly {pre.fixed_batch} image(s) per request, "
             f"got {count}"
         )
     if model.batched and count > model.max_batch_size:
         raise BadRequest(
             f"{count} images is over the model's max_batch_size {model.max_batch_size}"
         )
-
-
-async def predict_images(
-    service: InferenceService,
-    model: ModelVersion,
-    observation: RequestObservation,
-    images: Sequence[bytes | str],
-    options: ImageOptions,
-    max_pixels: int,
-) -> dict[str, Any]:
-    """Decode and preprocess off the event loop, run the batch once, and postprocess."""
-    pre, post = plans(model)
-    _check_count(model, pre, len(images))
     if post is None and not options.raw:
         outputs = ", ".join(f"{s.name} {list(s.shape)}" for s in model.outputs)
         raise BadRequest(
             f"model '{model.name}' has no class-score output [batch, classes] (outputs: "
             f"{outputs}); ask for raw=true to get its outputs"
         )
-    tensor = await asyncio.to_thread(prepare, images, pre, max_pixels, options.invert)
     wanted = None if options.raw or post is None else [post.output]
-    results = await service.run(model, observation, {pre.input: tensor}, wanted)
+    return ImageCall(pre, post, wanted)
+
+
+def image_answer(
+    model: ModelVersion, call: ImageCall, results: Feeds, options: ImageOptions
+) -> dict[str, Any]:
+    """The labelled top-k predictions (and raw outputs, if asked for) of one image request."""
     body: dict[str, Any] = {"model": model.name, "version": str(model.version)}
-    if post is not None:
+    if call.post is not None:
+        post = call.post
         body["predictions"] = predictions(results[post.output], post, options.top_k, model.labels)
     if options.raw:
         body["outputs"] = {name: jsonable(array) for name, array in results.items()}

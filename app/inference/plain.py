@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from app.errors import BadRequest
+from app.protocol.limits import RequestLimits
 from app.protocol.tensors import decode_json_tensor, jsonable
-from app.protocol.v2 import RequestLimits
 from app.registry.model import ModelVersion, TensorSpec
 
 Tensors = dict[str, np.ndarray]

@@ -13,20 +13,11 @@ import orjson
 from app.errors import BadRequest
 from app.protocol import binary
 from app.protocol.datatypes import numpy_dtype, v2_datatype
+from app.protocol.limits import RequestLimits
 from app.protocol.tensors import decode_json_tensor, json_data, parse_shape
+from app.protocol.timeouts import timeout_parameter
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
-    """Bounds every decoded request must respect."""
-
-    max_request_bytes: int = 64 * 1024 * 1024
-    max_elements: int = 64 * 1024 * 1024
-    max_depth: int = 64
-    max_inputs: int = 64
-    max_bytes_element: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +28,25 @@ class RequestedOutput:
 
 @dataclass(slots=True)
 class InferRequest:
-    """A decoded inference request: named arrays plus what the client wants back."""
+    """A decoded inference request, whatever protocol carried it: named arrays plus what the
+    client wants back."""
 
     inputs: dict[str, np.ndarray]
     id: str | None = None
+    #: The outputs asked for (None: all), and whether each comes back as binary (REST).
     outputs: list[RequestedOutput] | None = None
     binary_outputs: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: The request's own queue timeout (its ``timeout`` parameter), in microseconds.
+    timeout_us: int | None = None
+    #: The client sent one example without its batch dimension; outputs drop it again.
+    unbatched: bool = False
+
+    def output_names(self) -> list[str] | None:
+        """The names of the outputs asked for, or None for all of them."""
+        if self.outputs is None:
+            return None
+        return [output.name for output in self.outputs]
 
 
 def loads_object(raw: bytes | memoryview, what: str = "request body") -> dict[str, Any]:
@@ -134,7 +137,8 @@ def parse_infer_request(
             outputs.append(
                 RequestedOutput(item["name"], bool(out_params.get("binary_data", binary_default)))
             )
-    return InferRequest(inputs, request_id, outputs, binary_default, params)
+    timeout_us = timeout_parameter(params.get("timeout"))
+    return InferRequest(inputs, request_id, outputs, binary_default, params, timeout_us)
 
 
 def encode_infer_response(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -62,11 +63,34 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-class RequestQueue(Protocol):
-    """What the registry needs of a version's request queue (the dynamic batcher)."""
+Feeds = dict[str, np.ndarray]
+#: Returns once the request's client has gone away.
+Disconnected = Callable[[], Awaitable[object]]
+#: Outputs by name, seconds queued, seconds of the session run that computed them.
+RunResult = tuple[Feeds, float, float]
+
+
+class RunContext(Protocol):
+    """What a runner reads of the request it runs (the inference layer's request context)."""
+
+    #: Longest wait in a queue for a session or batch, in microseconds (0: none; None:
+    #: the model's or the server's default).
+    timeout_us: int | None
+    #: Returns once the client has gone away (None: the front end cannot tell).
+    disconnected: Disconnected | None
+
+
+class Runner(Protocol):
+    """Runs validated feeds on a version's sessions: its session pool, or a dynamic batcher
+    in front of it. Every failure is a ``ServingError``."""
+
+    async def run(
+        self, feeds: Feeds, outputs: list[str], rows: int, context: RunContext
+    ) -> RunResult:
+        """Run ``feeds`` (``rows`` rows) and return the ``outputs`` asked for."""
 
     async def close(self) -> None:
-        """Fail what is still queued once the pool is retired."""
+        """Fail what still waits once the version's pool is retired."""
 
 
 @dataclass
@@ -80,16 +104,14 @@ class ModelVersion:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     max_batch_size: int
-    providers_requested: list[str]
     providers: list[str]
     fallback: list[str]
     pool: SessionPool
     labels: list[str] | None = None
     load_seconds: float = 0.0
-    warmup_seconds: float = 0.0
     extras: dict[str, object] = field(default_factory=dict)
-    #: The dynamic batcher in front of ``pool``, when the config enables one.
-    batcher: RequestQueue | None = None
+    #: What runs requests on ``pool``: set by the registry's runner factory once loaded.
+    runner: Runner | None = None
 
     @property
     def provider(self) -> str:
@@ -280,13 +302,11 @@ def load_version(
         inputs=inputs,
         outputs=outputs,
         max_batch_size=max_batch,
-        providers_requested=requested,
         providers=actual,
         fallback=fallback,
         pool=pool,
         labels=labels,
     )
-    warm = time.perf_counter()
     if config.warmup.enabled:
         sizes = config.warmup.batch_sizes if max_batch > 0 else [1]
         padded = padded_batch_size(config, max_batch, actual[0])
@@ -301,7 +321,6 @@ def load_version(
         except Exception as exc:
             pool.retire(0)
             raise InvalidModel(f"warm-up inference failed: {exc}") from None
-    model.warmup_seconds = time.perf_counter() - warm
     batching = config.dynamic_batching is not None and config.dynamic_batching.enabled
     if config.warmup.enabled and actual[0] == CPU and not batching:
         pool.inline = runs_inline(sessions[0], path, inputs, max_batch)

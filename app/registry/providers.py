@@ -30,10 +30,6 @@ class ProviderChoice:
     names: list[str]
     options: list[ProviderOptions] = field(default_factory=list)
 
-    @property
-    def wants_accelerator(self) -> bool:
-        return any(name in ACCELERATORS for name in self.names)
-
 
 def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may use: the cgroup v2 ``cpu.max`` quota, else the affinity mask."""

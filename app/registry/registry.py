@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from app.errors import ModelNotFound, ModelNotReady, ServingError
 from app.metrics import Metrics
-from app.registry.model import ModelVersion, RequestQueue, load_version
+from app.registry.model import ModelVersion, Runner, load_version
 from app.registry.providers import cpu_quota
 from app.registry.repository import ModelRepository, parse_version, validate_name
 from app.settings import Settings
@@ -52,11 +52,11 @@ class ModelRegistry:
         repository: ModelRepository,
         settings: Settings,
         metrics: Metrics,
-        batcher_factory: Callable[[ModelVersion], RequestQueue | None] | None = None,
+        runner_factory: Callable[[ModelVersion], Runner] | None = None,
     ) -> None:
         self.repository = repository
-        # Builds a version's request queue on the event loop once it has loaded.
-        self._batcher_factory = batcher_factory
+        # Builds what runs a version's requests, on the event loop, once it has loaded.
+        self._runner_factory = runner_factory
         self._settings = settings
         self._metrics = metrics
         self._cpu_quota = settings.cpu_quota or cpu_quota()
@@ -194,8 +194,8 @@ class ModelRegistry:
                             f"reload failed, the previous load keeps serving: {exc.message}",
                         )  # fmt: skip
                     continue
-                if self._batcher_factory is not None:
-                    model.batcher = self._batcher_factory(model)
+                if self._runner_factory is not None:
+                    model.runner = self._runner_factory(model)
                 new[v] = model
                 self._metrics.live_sessions.update(model.pool.sessions)
                 statuses[str(v)] = VersionStatus(name, str(v), ModelState.READY)
@@ -287,8 +287,8 @@ class ModelRegistry:
                 # A reload of the same version on the same provider keeps its ready gauge.
                 self._metrics.model_unloaded(model.name, str(model.version), model.provider)
             await asyncio.to_thread(model.pool.retire, self._settings.shutdown_grace_seconds)
-            if model.batcher is not None:
-                await model.batcher.close()
+            if model.runner is not None:
+                await model.runner.close()
 
     async def close(self) -> None:
         """Retire every pool (waits for in-flight runs)."""

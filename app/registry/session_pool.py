@@ -93,7 +93,6 @@ class SessionPool:
         self._drained = threading.Event()
         self._retired = False
         self._closed = False
-        self._busy = 0
         #: Run on the event loop itself: set at load for models whose runs take microseconds
         #: (a hand-off to a thread would cost more than the run), cleared by a slow run.
         self.inline = False
@@ -101,16 +100,6 @@ class SessionPool:
         self._suspect = False
         # Runs submitted through ``run`` and not finished (touched on the event loop only).
         self._runs = 0
-
-    @property
-    def active(self) -> int:
-        """Runs submitted and not yet finished."""
-        return self._active
-
-    @property
-    def idle(self) -> bool:
-        """True when some session is not running (a new run would start at once)."""
-        return self._busy < self.size
 
     def run_blocking(
         self,
@@ -120,13 +109,11 @@ class SessionPool:
     ) -> tuple[list[np.ndarray], float]:
         """Run on a free session in the calling thread; returns outputs and compute seconds."""
         session = self._free.get()
-        self._busy += 1
         try:
             start = time.perf_counter()
             result = session.run(outputs, feeds, options)
             return result, time.perf_counter() - start
         finally:
-            self._busy -= 1
             self._free.put(session)
 
     async def run(
@@ -142,7 +129,8 @@ class SessionPool:
         The wait for a free session ends after ``queue_timeout`` seconds (QueueTimeout). When
         ``abandoned`` returns (the client went away) a waiting run leaves the queue and a run
         that has lasted ``WATCH_RUNS_AFTER`` seconds is terminated, freeing its session; both
-        raise RunAbandoned. A run that has started is not bounded by ``queue_timeout``.
+        raise RunAbandoned. A run that has started is not bounded by ``queue_timeout``. When
+        the caller's task is cancelled, its run is dropped or terminated alike.
         """
         if self.inline:
             return self._run_inline(feeds, outputs)
@@ -177,6 +165,11 @@ class SessionPool:
                     raise RunAbandoned("the client went away: its run was stopped") from None
                 raise
             return result, started - submitted, compute
+        except asyncio.CancelledError:
+            # The caller is gone (a cancelled gRPC call, say): a run that already started is
+            # stopped too, freeing its session (one not started was dropped with the future).
+            options.terminate = True
+            raise
         finally:
             if watch is not None:
                 watch.stop()

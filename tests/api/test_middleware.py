@@ -6,10 +6,10 @@ import asyncio
 
 import httpx
 import pytest
-from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
-from app.api.middleware import InFlightRequests, RequestContextMiddleware, request_id_from
+from app.api.middleware import RequestContextMiddleware
+from app.inference.lifecycle import ServerState
 
 
 async def failing_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -17,8 +17,9 @@ async def failing_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def middleware(inner: object, shutting_down: bool = False) -> RequestContextMiddleware:
-    state = State({"shutting_down": shutting_down})
-    return RequestContextMiddleware(inner, state=state, inflight=InFlightRequests())  # type: ignore[arg-type]
+    state = ServerState()
+    state.shutting_down = shutting_down
+    return RequestContextMiddleware(inner, state=state)  # type: ignore[arg-type]
 
 
 async def request(
@@ -55,24 +56,3 @@ def test_draining_refuses_all_but_probes() -> None:
     assert refused.headers["connection"] == "close"
     assert live.status_code == 200
     assert live.headers["connection"] == "close"
-
-
-def test_in_flight_requests_wait_idle() -> None:
-    async def scenario() -> None:
-        inflight = InFlightRequests()
-        assert await inflight.wait_idle(0)
-        inflight.enter()
-        assert not await inflight.wait_idle(0.01)
-        waiter = asyncio.create_task(inflight.wait_idle(30))
-        await asyncio.sleep(0)
-        inflight.leave()
-        assert await waiter
-        assert inflight.count == 0
-
-    asyncio.run(scenario())
-
-
-def test_request_id_from_headers() -> None:
-    assert request_id_from([(b"x-request-id", b"abc")]) == "abc"
-    assert request_id_from([(b"x-request-id", b"a\nb")]) != "a\nb"
-    assert len(request_id_from([])) == 32

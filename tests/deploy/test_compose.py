@@ -50,7 +50,7 @@ def test_compose_runs_the_server_prometheus_and_grafana(compose: dict[str, Any])
         assert server["read_only"] is True and server["tmpfs"] == ["/tmp"]
         assert server["cap_drop"] == ["ALL"]
         assert any(v.endswith(":/models:rw") for v in server["volumes"]), server["volumes"]
-        assert {p["target"] for p in server["ports"]} == {8000}
+        assert {p["target"] for p in server["ports"]} == {8000, 8001}, "HTTP and gRPC"
     for service in services.values():
         if "image" in service and "build" not in service:
             tag = service["image"].partition(":")[2]

@@ -22,7 +22,14 @@ RELEASE, NAMESPACE = "demo", "ml"
 FULLNAME = "demo-onnx-serve"
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 # Settings the chart sets itself, or passes through its Secret.
-CHART_OWNED = {"host", "port", "model_repository", "management_api_key", "inference_api_key"}
+CHART_OWNED = {
+    "host",
+    "port",
+    "grpc_port",
+    "model_repository",
+    "management_api_key",
+    "inference_api_key",
+}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -39,6 +46,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "existing-secret": {"apiKeys": {"existingSecret": "onnx-serve-keys"}},
+    "grpc-probes": {"grpc": {"enabled": True, "probes": True}},
+    "no-grpc": {"grpc": {"enabled": False, "probes": False}},
     "keys": {"apiKeys": {"management": "m-key", "inference": "i-key"}},
     "autoscaling": {
         "autoscaling": {"enabled": True, "inflightRequests": {"enabled": True}},
@@ -174,7 +183,10 @@ def test_defaults_run_non_root_on_a_read_only_root(chart: helm.Chart) -> None:
         "livenessProbe": ("/v2/health/live", "http"),
         "readinessProbe": ("/v2/health/ready", "http"),
     }
-    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
+    ]
     grace = float(settings_env(manifests)["ONNX_SERVE_SHUTDOWN_GRACE_SECONDS"])
     assert pod["terminationGracePeriodSeconds"] > grace + 5, "SIGKILL before the drain ends"
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
@@ -308,3 +320,21 @@ def test_notes_tell_how_to_reach_the_service(chart: helm.Chart) -> None:
     notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
     assert f"port-forward service/{FULLNAME} 8000:8000" in notes
     assert "get secret demo-onnx-serve" in notes
+
+
+def test_grpc_port_is_served_exposed_and_can_carry_the_probes(chart: helm.Chart) -> None:
+    manifests = render(chart, {})
+    assert settings_env(manifests)["ONNX_SERVE_GRPC_PORT"] == "8001"
+    ports = {p["name"]: p for p in one(manifests, "Service")["spec"]["ports"]}
+    assert ports["grpc"]["port"] == 8001 and ports["grpc"]["targetPort"] == "grpc"
+    assert ports["grpc"]["appProtocol"] == "grpc"
+
+    probed = deployment_container(render(chart, VALUE_SETS["grpc-probes"]))
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probed[kind]["grpc"] == {"port": 8001}, kind
+        assert "httpGet" not in probed[kind]
+
+    off = render(chart, VALUE_SETS["no-grpc"])
+    assert settings_env(off)["ONNX_SERVE_GRPC_PORT"] == "0"
+    assert [p["name"] for p in one(off, "Service")["spec"]["ports"]] == ["http"]
+    assert [p["name"] for p in deployment_container(off)["ports"]] == ["http"]

@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 import kubernetes_validate
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as triton
 import yaml
 
@@ -25,6 +27,7 @@ from tests.onnx_models import identity, write_model
 from tests.server import ServerProcess, free_port
 
 KSERVE_PORT = 8080
+KSERVE_GRPC_PORT = 8081
 DIGITS = SAMPLE_MODELS / "digits"
 
 
@@ -40,6 +43,13 @@ def inference_service() -> dict[str, Any]:
     return doc
 
 
+def test_grpc_inference_service_routes_h2c_to_the_runtime_grpc_port() -> None:
+    doc = yaml.safe_load((KSERVE / "inferenceservice-grpc.yaml").read_text())
+    model = doc["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "grpc-v2" and model["runtime"] == "onnx-serve"
+    assert model["ports"] == [{"name": "h2c", "containerPort": KSERVE_GRPC_PORT, "protocol": "TCP"}]
+
+
 def container(runtime: dict[str, Any]) -> dict[str, Any]:
     (found,) = runtime["spec"]["containers"]
     assert found["name"] == "kserve-container", "KServe injects the model into this container"
@@ -53,12 +63,13 @@ def test_runtime_serves_onnx_over_v2_on_8080(runtime: dict[str, Any]) -> None:
     spec = runtime["spec"]
     formats = {f["name"]: f for f in spec["supportedModelFormats"]}
     assert formats["onnx"]["autoSelect"] is True
-    assert "v2" in spec["protocolVersions"]
+    assert {"v2", "grpc-v2", "v1"} <= set(spec["protocolVersions"])
     main = container(runtime)
     args = main["args"]
     assert args[0] == "serve"
     assert "--models=/mnt/models" in args and "--model-name={{.Name}}" in args
     assert "--port=8080" in args and "--host=0.0.0.0" in args
+    assert f"--grpc-port={KSERVE_GRPC_PORT}" in args
     assert main["ports"] == [{"containerPort": KSERVE_PORT, "protocol": "TCP"}]
     assert main["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": KSERVE_PORT}
     assert main["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": KSERVE_PORT}
@@ -123,12 +134,14 @@ def test_server_with_runtime_args_serves_the_storage_layout(
     (mnt_models / "README.md").write_text("exported from a notebook\n")
     name = inference_service["metadata"]["name"]
     port = kserve_port()
+    grpc_port = free_port()
     args = [
         arg.replace("{{.Name}}", name)
         .replace("/mnt/models", str(mnt_models))
         # Tests listen on loopback only; KServe's pod binds every interface.
         .replace("--host=0.0.0.0", "--host=127.0.0.1")
         .replace(f"--port={KSERVE_PORT}", f"--port={port}")
+        .replace(f"--grpc-port={KSERVE_GRPC_PORT}", f"--grpc-port={grpc_port}")
         for arg in container(runtime)["args"]
     ]
     command = [sys.executable, "-m", "app.cli", *args]
@@ -153,6 +166,12 @@ def test_server_with_runtime_args_serves_the_storage_layout(
             client.close()
         assert probabilities is not None
         assert (probabilities.argmax(axis=1) == labels).mean() >= 0.9
+
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as over_grpc:
+            tensor = grpcclient.InferInput("image", list(images.shape), "FP32")
+            tensor.set_data_from_numpy(images)
+            answer = over_grpc.infer(name, [tensor]).as_numpy("probabilities")
+        np.testing.assert_allclose(answer, probabilities, rtol=1e-5, atol=1e-6)
 
         v1 = httpx.post(f"{url}/v1/models/{name}:predict", json={"instances": images[:2].tolist()})
         assert v1.status_code == 200, v1.text

@@ -22,8 +22,9 @@ from hypothesis.extra import numpy as hnp
 from app.errors import BadRequest
 from app.protocol import binary
 from app.protocol.datatypes import V2_TO_NUMPY
+from app.protocol.limits import RequestLimits
 from app.protocol.tensors import decode_json_tensor, parse_shape
-from app.protocol.v2 import InferRequest, RequestLimits, parse_infer_request
+from app.protocol.v2 import InferRequest, parse_infer_request
 
 LIMITS = RequestLimits(
     max_request_bytes=1 << 20,

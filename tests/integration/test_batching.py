@@ -126,7 +126,7 @@ def expected_y(x: np.ndarray) -> np.ndarray:
 
 def occupy(server: RunningServer, pool: ThreadPoolExecutor, model: str) -> Future[httpx.Response]:
     """Start a slow request on ``model`` and return once it runs (so others must queue)."""
-    before = metric(server, "onnx_serve_request_success_total", model)
+    before = metric(server, "onnx_serve_request_success_total", model, protocol="rest")
     slow = pool.submit(infer, server, model, body(np.zeros((1, 4)), spin=SLOW_SPIN))
     wait_for(
         lambda: metric(server, "onnx_serve_inflight_requests", model) >= 1 or slow.done(),
@@ -135,7 +135,9 @@ def occupy(server: RunningServer, pool: ThreadPoolExecutor, model: str) -> Futur
     # A marker that queues proves the instance is busy with the slow run.
     pool.submit(infer, server, model, body(np.ones((1, 4))))
     wait_for(lambda: metric(server, QUEUED, model) >= 1, "the marker to queue")
-    assert not slow.done() and before == metric(server, "onnx_serve_request_success_total", model)
+    assert not slow.done() and before == metric(
+        server, "onnx_serve_request_success_total", model, protocol="rest"
+    )
     return slow  # the marker is answered with the next batch
 
 
@@ -202,7 +204,13 @@ def test_queue_full_answers_503_with_retry_after(
     assert full.status_code == 503, full.text
     assert int(full.headers["retry-after"]) >= 1
     assert "queued" in full.json()["error"]
-    assert metric(server, "onnx_serve_request_failure_total", "small_queue", reason="queue_full")
+    assert metric(
+        server,
+        "onnx_serve_request_failure_total",
+        "small_queue",
+        protocol="rest",
+        reason="queue_full",
+    )
     assert second.result().status_code == 200
     assert slow.result().status_code == 200
 
@@ -233,7 +241,7 @@ def raw_request(server: RunningServer, doc: dict[str, Any]) -> socket.socket:
 def test_client_that_disconnects_leaves_the_queue(
     server: RunningServer, pool: ThreadPoolExecutor
 ) -> None:
-    gone = {"reason": "client_disconnected"}
+    gone = {"protocol": "rest", "reason": "client_disconnected"}
     failures_before = metric(server, "onnx_serve_request_failure_total", "probe", **gone)
     runs_before = metric(server, "onnx_serve_batch_size_count", "probe")
     slow = occupy(server, pool, "probe")

@@ -51,10 +51,11 @@ def test_series_after_traffic(server: RunningServer) -> None:
     assert r.headers["content-type"].startswith("text/plain")
     s = metric_values(server.url)
     m = {"model": "mlp", "version": "1"}
-    assert value(s, "onnx_serve_request_success_total", **m) == 3
-    assert value(s, "onnx_serve_request_failure_total", reason="bad_request", **m) == 2
-    assert value(s, "onnx_serve_request_duration_seconds_count", **m) == 5
-    assert value(s, "onnx_serve_request_duration_seconds_sum", **m) > 0
+    rest = {**m, "protocol": "rest"}
+    assert value(s, "onnx_serve_request_success_total", **rest) == 3
+    assert value(s, "onnx_serve_request_failure_total", reason="bad_request", **rest) == 2
+    assert value(s, "onnx_serve_request_duration_seconds_count", **rest) == 5
+    assert value(s, "onnx_serve_request_duration_seconds_sum", **rest) > 0
     assert value(s, "onnx_serve_queue_duration_seconds_count", **m) == 3
     assert value(s, "onnx_serve_compute_duration_seconds_count", **m) == 3
     assert value(s, "onnx_serve_inference_count_total", **m) == 6
@@ -106,14 +107,15 @@ def test_two_workers_share_connections_and_add_up(
 
         wait_for(round_on_both, "requests served by both workers")
         m = {"model": "mlp", "version": "1"}
+        rest = {**m, "protocol": "rest"}
 
         def counted() -> Samples | None:
             s = metric_values(running.url)
-            done = s.get(("onnx_serve_request_success_total", frozenset(m.items())))
+            done = s.get(("onnx_serve_request_success_total", frozenset(rest.items())))
             return s if done == sent else None
 
         s = wait_for(counted, f"{sent} successes counted")
-        assert value(s, "onnx_serve_request_duration_seconds_count", **m) == sent
+        assert value(s, "onnx_serve_request_duration_seconds_count", **rest) == sent
         assert value(s, "onnx_serve_queue_duration_seconds_count", **m) == sent
         assert value(s, "onnx_serve_inference_count_total", **m) == 2 * sent
         assert value(s, "onnx_serve_execution_count_total", **m) == sent

@@ -49,10 +49,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(start_server, tmp_path: 
             server.host_port, "/predict", predict_body, {"X-Request-ID": "held"}
         ) as predict,
     ):
-        # The infer request counts as in flight at its model once its headers are in.
+        # Both count as in flight once their headers are in.
         wait_for(
-            lambda: metric(server.url, "onnx_serve_inflight_requests", model="mlp", version="1"),
-            "the held infer request to be in flight",
+            lambda: metric(server.url, "onnx_serve_requests_in_flight") == 2,
+            "the held requests to be in flight",
         )
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
@@ -91,7 +91,7 @@ def test_grace_period_bounds_the_drain(start_server, tmp_path: Path) -> None:  #
     server = start_server(repository(tmp_path / "models"), env=env, log_path=log_path)
     with HeldRequest(server.host_port, "/v2/models/mlp/infer", infer_body()):
         wait_for(
-            lambda: metric(server.url, "onnx_serve_inflight_requests", model="mlp", version="1"),
+            lambda: metric(server.url, "onnx_serve_requests_in_flight") == 1,
             "the held request to be in flight",
         )
         assert server.process is not None

@@ -94,7 +94,9 @@ def executions(server: RunningServer) -> float:
 
 
 def dropped(server: RunningServer) -> float:
-    return count(server, "onnx_serve_request_failure_total", reason="client_disconnected")
+    return count(
+        server, "onnx_serve_request_failure_total", protocol="rest", reason="client_disconnected"
+    )
 
 
 def inflight(server: RunningServer) -> float:
@@ -202,4 +204,6 @@ def test_clients_that_leave_free_their_place_and_their_session(server: RunningSe
     now = infer(server, body(10), **{"X-Request-Timeout-Us": "1"})
     assert now.status_code == 200, now.text
     assert executions(server) - before_runs == 1
-    assert count(server, "onnx_serve_request_failure_total", reason="internal") == 0
+    assert (
+        count(server, "onnx_serve_request_failure_total", protocol="rest", reason="internal") == 0
+    )

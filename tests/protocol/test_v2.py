@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from app.errors import BadRequest
 from app.protocol import binary
+from app.protocol.limits import RequestLimits
 from app.protocol.v2 import (
     InferRequest,
     RequestedOutput,
-    RequestLimits,
     encode_infer_response,
     parse_infer_request,
 )

@@ -8,184 +8,38 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import Response
 
-from app.api.deps import Inference, ServiceDep, SettingsDep, header, read_body
+from app.api.body import header, read_body
+from app.api.fastpath import HotRoute
+from app.api.image_docs import (
+    MULTIPART,
+    RESPONSE_EXAMPLE,
+    ImagePredictResponse,
+    per_model_openapi,
+)
 from app.api.responses import json_response
 from app.errors import BadRequest, UnsupportedMediaType
+from app.inference.context import RequestContext
+from app.inference.dataplane import DataPlane
 from app.inference.image_plan import Invert
-from app.inference.images import ImageOptions, predict_images
+from app.inference.images import ImageOptions
 from app.inference.postprocessing import MAX_TOP_K
 from app.inference.preprocessing import MEDIA_TYPES, SUPPORTED
-from app.inference.service import InferenceService
-from app.protocol.schemas import PREDICT_EXAMPLE, ErrorBody
+from app.protocol.schemas import ErrorBody
 from app.protocol.v2 import loads_object
-from app.settings import Settings
 
-router = APIRouter(tags=["images"])
-
-MULTIPART = "multipart/form-data"
-#: The canonical media type of each accepted format, as OpenAPI lists them.
-IMAGE_TYPES = sorted({m for m, f in MEDIA_TYPES.items() if m == f"image/{f.lower()}"})
 OPTION_NAMES = ("top_k", "raw", "invert")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 415, 503, 504)
 }
-
-
-# ---- documentation models (bodies are read raw) ------------------------------------------------
-
-
-class ImageJsonRequest(BaseModel):
-    """Base64 images in JSON; ``image`` for one, ``images`` for a batch (one inference)."""
-
-    model: str | None = Field(
-        None, description="The model; on /predict required here or as ?model=."
-    )
-    version: str | None = None
-    image: str | None = Field(None, description="Base64 (or a data: URL) of one encoded image.")
-    images: list[str] | None = Field(None, description="Base64 images, run as one batch.")
-    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="Classes per image.")
-    raw: bool = Field(False, description="Also return the raw output tensors.")
-    invert: bool | Literal["auto"] | None = Field(
-        None, description="Override the model's preprocess.invert for this request."
-    )
-
-
-class ImagePrediction(BaseModel):
-    label: str | None = Field(None, description="From labels.txt; absent without one.")
-    index: int
-    score: float
-
-
-class ImagePredictResponse(BaseModel):
-    model: str
-    version: str
-    predictions: list[list[ImagePrediction]] = Field(description="One list per image, best first.")
-    outputs: dict[str, Any] | None = Field(None, description="Raw outputs, with raw=true.")
-
-
-SEVEN = "iVBORw0KGgo...(base64 of seven.png)"
-IMAGE_EXAMPLE: dict[str, Any] = {"model": "digits", "image": SEVEN, "top_k": 3}
-IMAGES_EXAMPLE: dict[str, Any] = {"model": "digits", "images": [SEVEN, SEVEN], "top_k": 1}
-RESPONSE_EXAMPLE: dict[str, Any] = {
-    "model": "digits",
-    "version": "1",
-    "predictions": [
-        [
-            {"label": "7", "index": 7, "score": 0.998},
-            {"label": "9", "index": 9, "score": 0.001},
-            {"label": "3", "index": 3, "score": 0.0004},
-        ]
-    ],
-}
-
-
-def _query_parameters(with_model: bool) -> list[dict[str, Any]]:
-    described = {
-        "model": ("string", "The model (raw image bodies; forms and JSON may name it inside)."),
-        "version": ("string", "A model version; default: the newest ready one."),
-        "top_k": ("integer", "Classes per image (default: the model's postprocess.top_k, 5)."),
-        "raw": ("boolean", "Also return the raw output tensors."),
-        "invert": ("string", "true, false or auto: override the model's preprocess.invert."),
-    }
-    names = [n for n in described if with_model or n not in ("model", "version")]
-    return [
-        {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "schema": {"type": described[name][0]},
-            "description": described[name][1],
-        }
-        for name in names
-    ]
-
-
-def image_content(with_model: bool) -> dict[str, Any]:
-    """OpenAPI request content of the multipart and raw image forms."""
-    properties: dict[str, Any] = {
-        "file": {
-            "type": "array",
-            "items": {"type": "string", "format": "binary"},
-            "description": f"One or more images ({SUPPORTED}); several run as one batch.",
-        },
-        "top_k": {"type": "integer", "minimum": 1},
-        "raw": {"type": "boolean"},
-        "invert": {"type": "string", "enum": ["true", "false", "auto"]},
-    }
-    if with_model:
-        properties = {"model": {"type": "string"}, "version": {"type": "string"}, **properties}
-    content: dict[str, Any] = {
-        MULTIPART: {
-            "schema": {
-                "type": "object",
-                "required": ["file", "model"] if with_model else ["file"],
-                "properties": properties,
-            },
-            "encoding": {"file": {"contentType": ", ".join(IMAGE_TYPES)}},
-            "example": {
-                **({"model": "digits"} if with_model else {}),
-                "file": ["(the bytes of seven.png)"],
-                "top_k": 3,
-            },
-        }
-    }
-    for media_type in IMAGE_TYPES:
-        content[media_type] = {
-            "schema": {"type": "string", "format": "binary"},
-            "description": "The encoded image; options go in the query.",
-        }
-    return content
-
-
-COMPONENTS = "#/components/schemas/"
-
-
-def component_schemas() -> dict[str, Any]:
-    """Schemas the image forms refer to, for the OpenAPI ``components`` section."""
-    return {
-        "ImageJsonRequest": ImageJsonRequest.model_json_schema(),
-        "PredictJsonRequest": {
-            "title": "PredictJsonRequest",
-            "description": "JSON tensors (`inputs`) or base64 images (`image` / `images`).",
-            "oneOf": [
-                {"$ref": f"{COMPONENTS}PredictRequest"},
-                {"$ref": f"{COMPONENTS}ImageJsonRequest"},
-            ],
-            "examples": [PREDICT_EXAMPLE, IMAGE_EXAMPLE, IMAGES_EXAMPLE],
-        },
-    }
-
-
-def predict_openapi(tensor_body: dict[str, Any]) -> dict[str, Any]:
-    """Extend the JSON-tensor ``openapi_extra`` of /predict with every image form."""
-    content = tensor_body["requestBody"]["content"]
-    content["application/json"]["schema"] = {"$ref": f"{COMPONENTS}PredictJsonRequest"}
-    content.update(image_content(with_model=True))
-    return {**tensor_body, "parameters": _query_parameters(with_model=True)}
-
-
-def _per_model_openapi() -> dict[str, Any]:
-    content: dict[str, Any] = {
-        "application/json": {
-            "schema": {"$ref": f"{COMPONENTS}ImageJsonRequest"},
-            "example": {k: v for k, v in IMAGE_EXAMPLE.items() if k != "model"},
-        },
-        **image_content(with_model=False),
-    }
-    return {
-        "requestBody": {"required": True, "content": content},
-        "parameters": _query_parameters(with_model=False),
-    }
 
 
 # ---- parsing ---------------------------------------------------------------------------------
@@ -276,8 +130,10 @@ async def _single(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 
-async def read_upload(request: Request, limit: int) -> ImageRequest:
+async def read_upload(request: Request) -> ImageRequest:
     """A multipart form (``file`` parts and option fields) or a raw image body."""
+    dataplane: DataPlane = request.app.state.dataplane
+    limit = dataplane.limits.max_request_bytes
     kind = media_type(request)
     query = dict(request.query_params)
     if kind != MULTIPART:
@@ -337,9 +193,9 @@ def read_document(doc: Mapping[str, Any], request: Request) -> ImageRequest:
 
 
 async def answer(
+    request: Request,
+    context: RequestContext,
     parsed: ImageRequest,
-    service: InferenceService,
-    settings: Settings,
     path_name: str | None = None,
     path_version: str | None = None,
 ) -> Response:
@@ -353,56 +209,53 @@ async def answer(
         name, version = path_name, path_version or version
     if name is None:
         raise BadRequest("'model' must name the model to run (a field, a key or ?model=)")
-    with service.request(name, version) as (model, observation):
-        body = await predict_images(
-            service, model, observation, parsed.images, parsed.options, settings.max_image_pixels
-        )
+    dataplane: DataPlane = request.app.state.dataplane
+    body = await dataplane.classify_images(name, version, parsed.images, parsed.options, context)
     return json_response(body)
 
 
-async def predict_request(
-    request: Request, service: InferenceService, settings: Settings, doc: Mapping[str, Any] | None
-) -> Response:
-    """/predict's image forms: ``doc`` is the parsed JSON body, or None for uploads."""
-    if doc is None:
-        parsed = await read_upload(request, service.limits.max_request_bytes)
-    else:
-        parsed = read_document(doc, request)
-    return await answer(parsed, service, settings)
-
-
-@router.post(
-    "/v2/models/{model_name}/predict/image",
-    summary="Classify images with a model",
-    description="Send images as a multipart form (one or more `file` parts), as a raw "
-    f"`image/*` body ({SUPPORTED}), or as base64 JSON (`image` or `images`); get the top-k "
-    "classes per image. Several images run as one batch.",
-    response_model=ImagePredictResponse,
-    responses={200: {"content": {"application/json": {"example": RESPONSE_EXAMPLE}}}, **ERRORS},
-    openapi_extra=_per_model_openapi(),
-    dependencies=[Inference],
-)
-@router.post(
-    "/v2/models/{model_name}/versions/{model_version}/predict/image",
-    summary="Classify images with one model version",
-    response_model=ImagePredictResponse,
-    responses={200: {"content": {"application/json": {"example": RESPONSE_EXAMPLE}}}, **ERRORS},
-    openapi_extra=_per_model_openapi(),
-    dependencies=[Inference],
-)
 async def predict_image(
     request: Request,
-    service: ServiceDep,
-    settings: SettingsDep,
+    context: RequestContext,
     model_name: str,
     model_version: str | None = None,
 ) -> Response:
+    """Classify the images of a request to a model named in the path."""
     if is_upload(request):
-        parsed = await read_upload(request, service.limits.max_request_bytes)
+        parsed = await read_upload(request)
     else:
-        body = await read_body(request, service.limits.max_request_bytes)
+        dataplane: DataPlane = request.app.state.dataplane
+        body = await read_body(request, dataplane.limits.max_request_bytes)
         doc = loads_object(body)
         if not is_image_document(doc):
             raise BadRequest("send 'image' or 'images' (base64), a multipart form or an image")
         parsed = read_document(doc, request)
-    return await answer(parsed, service, settings, model_name, model_version)
+    return await answer(request, context, parsed, model_name, model_version)
+
+
+_IMAGE: dict[str, Any] = {
+    "tags": ["images"],
+    "response_model": ImagePredictResponse,
+    "responses": {
+        200: {"content": {"application/json": {"example": RESPONSE_EXAMPLE}}},
+        **ERRORS,
+    },
+    "openapi_extra": per_model_openapi(),
+}
+HOT_ROUTES = [
+    HotRoute(
+        "/v2/models/{model_name}/predict/image",
+        predict_image,
+        "Classify images with a model",
+        description="Send images as a multipart form (one or more `file` parts), as a raw "
+        f"`image/*` body ({SUPPORTED}), or as base64 JSON (`image` or `images`); get the "
+        "top-k classes per image. Several images run as one batch.",
+        **_IMAGE,
+    ),
+    HotRoute(
+        "/v2/models/{model_name}/versions/{model_version}/predict/image",
+        predict_image,
+        "Classify images with one model version",
+        **_IMAGE,
+    ),
+]

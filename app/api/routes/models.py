@@ -7,12 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import InstallerDep, Management, RegistryDep, SettingsDep
+from app.api.deps import DataPlaneDep, InstallerDep, Management, SettingsDep
 from app.api.multipart import read_upload_form
 from app.api.responses import json_response
 from app.errors import BadRequest
 from app.protocol.schemas import ErrorBody
-from app.registry.catalog import model_catalog
 from app.registry.installer import InstallPlan, ModelInstaller, VersionFile
 from app.registry.repository import parse_version, validate_name
 
@@ -118,8 +117,8 @@ async def upload(request: Request, installer: InstallerDep, settings: SettingsDe
 
 
 @router.get("/models", summary="Every model with its versions, states and reasons")
-async def list_models(registry: RegistryDep) -> Response:
-    return json_response({"models": model_catalog(registry)})
+async def list_models(dataplane: DataPlaneDep) -> Response:
+    return json_response({"models": dataplane.catalog()})
 
 
 # Paths take the rest of the URL so that a name with an encoded slash is refused as a name.

@@ -1,18 +1,21 @@
-"""The simple API: POST /predict with named nested lists."""
+"""The simple API: POST /predict with named nested lists, or images."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.responses import Response
 
-from app.api.deps import Inference, read_body
+from app.api import image_docs
+from app.api.body import read_body
+from app.api.fastpath import HotRoute
 from app.api.responses import json_response
 from app.api.routes import images
 from app.errors import BadRequest
+from app.inference.context import RequestContext
+from app.inference.dataplane import DataPlane
 from app.inference.plain import named_inputs
-from app.inference.service import InferenceService
 from app.protocol.schemas import (
     PREDICT_EXAMPLE,
     ErrorBody,
@@ -21,10 +24,9 @@ from app.protocol.schemas import (
     request_body,
 )
 from app.protocol.tensors import jsonable
-from app.protocol.v2 import loads_object
-from app.settings import Settings
+from app.protocol.v2 import InferRequest, loads_object
+from app.registry.model import ModelVersion
 
-router = APIRouter(tags=["predict"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 415, 503, 504)
 }
@@ -40,43 +42,45 @@ def _model_field(doc: dict[str, Any]) -> tuple[str, str | None]:
     return name, None if version is None else str(version)
 
 
-@router.post(
-    "/predict",
-    summary="Run a model on JSON tensors or images",
-    description='Send `{"model": name, "inputs": {input: nested list}}` (or a bare nested '
-    'list for a one-input model); get `{"model", "version", "outputs": {name: nested '
-    "list}}`. A single example without its batch dimension is accepted and answered alike. "
-    "Images come as a multipart form (`file` parts and a `model` field), a raw `image/*` "
-    'body with `?model=`, or base64 JSON (`{"model", "image"}` or `"images": [...]`); they '
-    'are answered with `{"model", "version", "predictions": [[{"label", "index", "score"}]]}` '
-    "(see docs/images.md). The Content-Type picks the form.",
-    response_model=PredictResponse | images.ImagePredictResponse,
-    responses=ERRORS,
-    openapi_extra=images.predict_openapi(request_body(PredictRequest, PREDICT_EXAMPLE)),
-    dependencies=[Inference],
-)
-async def predict(request: Request) -> Response:
-    return await handle_predict(request)
-
-
-async def handle_predict(request: Request) -> Response:
-    """Answer ``POST /predict`` (also served as a plain route: see app/api/fastpath.py)."""
-    service: InferenceService = request.app.state.service
-    settings: Settings = request.app.state.settings
+async def predict(request: Request, context: RequestContext) -> Response:
+    """Answer ``POST /predict``: JSON tensors, or an image form (see routes/images.py)."""
+    dataplane: DataPlane = request.app.state.dataplane
     if images.is_upload(request):
-        return await images.predict_request(request, service, settings, None)
-    body = await read_body(request, service.limits.max_request_bytes)
+        return await images.answer(request, context, await images.read_upload(request))
+    body = await read_body(request, dataplane.limits.max_request_bytes)
     doc = loads_object(body)
     if images.is_image_document(doc):
-        return await images.predict_request(request, service, settings, doc)
+        return await images.answer(request, context, images.read_document(doc, request))
     name, version = _model_field(doc)
-    with service.request(name, version) as (model, observation):
+
+    def decode(model: ModelVersion) -> InferRequest:
         if "inputs" not in doc:
             raise BadRequest("'inputs' is missing")
-        inputs, unbatched = named_inputs(model, doc["inputs"], service.limits)
-        results = await service.run(model, observation, inputs)
-        outputs = {n: jsonable(a[0] if unbatched else a) for n, a in results.items()}
+        inputs, unbatched = named_inputs(model, doc["inputs"], dataplane.limits)
+        return InferRequest(inputs, unbatched=unbatched)
+
+    result = await dataplane.infer(name, version, decode, context)
+    unbatched = result.request.unbatched
+    outputs = {n: jsonable(a[0] if unbatched else a) for n, a in result.outputs.items()}
+    model = result.model
     return json_response({"model": model.name, "version": str(model.version), "outputs": outputs})
 
 
-PLAIN_ROUTES = [("/predict", handle_predict)]
+HOT_ROUTES = [
+    HotRoute(
+        "/predict",
+        predict,
+        "Run a model on JSON tensors or images",
+        tags=["predict"],
+        description='Send `{"model": name, "inputs": {input: nested list}}` (or a bare nested '
+        'list for a one-input model); get `{"model", "version", "outputs": {name: nested '
+        "list}}`. A single example without its batch dimension is accepted and answered "
+        "alike. Images come as a multipart form (`file` parts and a `model` field), a raw "
+        '`image/*` body with `?model=`, or base64 JSON (`{"model", "image"}` or `"images": '
+        '[...]`); they are answered with `{"model", "version", "predictions": [[{"label", '
+        '"index", "score"}]]}` (see docs/images.md). The Content-Type picks the form.',
+        response_model=PredictResponse | image_docs.ImagePredictResponse,
+        responses=ERRORS,
+        openapi_extra=image_docs.predict_openapi(request_body(PredictRequest, PREDICT_EXAMPLE)),
+    )
+]

@@ -7,13 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import InstallerDep, Management, RegistryDep, SettingsDep, read_body
-from app.api.load_parameters import load_body_limit, load_from_parameters
+from app.api.body import read_body
+from app.api.deps import DataPlaneDep, Management, SettingsDep
 from app.api.responses import json_response
 from app.errors import BadRequest
 from app.protocol.schemas import ErrorBody, RepositoryEntry
 from app.protocol.v2 import loads_object
-from app.registry.repository import validate_name
+from app.registry.load_parameters import load_body_limit
 
 router = APIRouter(tags=["repository"], dependencies=[Management])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -33,12 +33,9 @@ async def _optional_object(request: Request, limit: int = SMALL_BODY) -> dict[st
     response_model=list[RepositoryEntry],
     responses=ERRORS,
 )
-async def index(request: Request, registry: RegistryDep) -> Response:
+async def index(request: Request, dataplane: DataPlaneDep) -> Response:
     options = await _optional_object(request)
-    entries = [s.as_dict() for s in registry.index()]
-    if options.get("ready"):
-        entries = [e for e in entries if e["state"] == "READY"]
-    return json_response(entries)
+    return json_response(dataplane.repository_index(bool(options.get("ready"))))
 
 
 # Names take the rest of the path so that one with an encoded slash is refused as a name.
@@ -49,24 +46,14 @@ async def index(request: Request, registry: RegistryDep) -> Response:
     responses=ERRORS,
 )
 async def load(
-    request: Request,
-    registry: RegistryDep,
-    installer: InstallerDep,
-    settings: SettingsDep,
-    model_name: str,
+    request: Request, dataplane: DataPlaneDep, settings: SettingsDep, model_name: str
 ) -> Response:
     options = await _optional_object(request, load_body_limit(settings.max_upload_bytes))
     parameters = options.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest("parameters must be an object")
-    limit = settings.max_upload_bytes
-    if await load_from_parameters(installer, model_name, parameters, limit) is None:
-        async with installer.lock(validate_name(model_name)):
-            await registry.load(model_name)
-    loaded = [m for m in registry.live() if m.name == model_name]
-    return json_response(
-        {"name": model_name, "versions": [str(m.version) for m in loaded], "state": "READY"}
-    )
+    versions = await dataplane.load(model_name, parameters)
+    return json_response({"name": model_name, "versions": versions, "state": "READY"})
 
 
 @router.post(
@@ -74,10 +61,7 @@ async def load(
     summary="Stop serving a model (its files stay on disk)",
     responses=ERRORS,
 )
-async def unload(
-    request: Request, registry: RegistryDep, installer: InstallerDep, model_name: str
-) -> Response:
+async def unload(request: Request, dataplane: DataPlaneDep, model_name: str) -> Response:
     await _optional_object(request)
-    async with installer.lock(validate_name(model_name)):
-        await registry.unload(model_name)
+    await dataplane.unload(model_name)
     return json_response({"name": model_name, "state": "UNLOADED"})

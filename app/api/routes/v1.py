@@ -7,11 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.deps import Inference, RegistryDep, read_body
+from app.api.body import read_body
+from app.api.deps import DataPlaneDep
+from app.api.fastpath import HotRoute
 from app.api.responses import json_response
 from app.errors import BadRequest
+from app.inference.context import RequestContext
+from app.inference.dataplane import DataPlane
 from app.inference.plain import instances_inputs, predictions
-from app.inference.service import InferenceService
 from app.protocol.schemas import (
     V1_EXAMPLE,
     ErrorBody,
@@ -19,7 +22,8 @@ from app.protocol.schemas import (
     V1PredictResponse,
     request_body,
 )
-from app.protocol.v2 import loads_object
+from app.protocol.v2 import InferRequest, loads_object
+from app.registry.model import ModelVersion
 
 router = APIRouter(tags=["v1"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -28,35 +32,35 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/v1/models/{model_name}", summary="KServe v1 model status", responses=ERRORS)
-async def status(registry: RegistryDep, model_name: str) -> Response:
-    registry.get(model_name)
+async def status(dataplane: DataPlaneDep, model_name: str) -> Response:
+    dataplane.model(model_name)
     return json_response({"name": model_name, "ready": True})
 
 
-@router.post(
-    "/v1/models/{model_name}:predict",
-    summary="KServe v1 predict (instances -> predictions)",
-    response_model=V1PredictResponse,
-    responses=ERRORS,
-    openapi_extra=request_body(V1PredictRequest, V1_EXAMPLE),
-    dependencies=[Inference],
-)
-async def predict(request: Request, model_name: str) -> Response:
-    return await handle_predict(request, model_name)
+async def predict(request: Request, context: RequestContext, model_name: str) -> Response:
+    """Answer a v1 ``:predict``: ``instances`` (one per row) in, ``predictions`` out."""
+    dataplane: DataPlane = request.app.state.dataplane
+    limits = dataplane.limits
+    body = await read_body(request, limits.max_request_bytes)
 
-
-async def handle_predict(request: Request, model_name: str) -> Response:
-    """Answer a v1 ``:predict`` (also served as a plain route: see app/api/fastpath.py)."""
-    service: InferenceService = request.app.state.service
-    body = await read_body(request, service.limits.max_request_bytes)
-    with service.request(model_name, None) as (model, observation):
+    def decode(model: ModelVersion) -> InferRequest:
         doc = loads_object(body)
         if "instances" not in doc:
             raise BadRequest("'instances' is missing")
-        inputs = instances_inputs(model, doc["instances"], service.limits)
-        results = await service.run(model, observation, inputs)
-        body_out = {"predictions": predictions(model, results)}
-    return json_response(body_out)
+        return InferRequest(instances_inputs(model, doc["instances"], limits))
+
+    result = await dataplane.infer(model_name, None, decode, context)
+    return json_response({"predictions": predictions(result.model, result.outputs)})
 
 
-PLAIN_ROUTES = [("/v1/models/{model_name}:predict", handle_predict)]
+HOT_ROUTES = [
+    HotRoute(
+        "/v1/models/{model_name}:predict",
+        predict,
+        "KServe v1 predict (instances -> predictions)",
+        tags=["v1"],
+        response_model=V1PredictResponse,
+        responses=ERRORS,
+        openapi_extra=request_body(V1PredictRequest, V1_EXAMPLE),
+    )
+]

@@ -77,6 +77,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- $_ := set $settings "host" "0.0.0.0" }}
 {{- $_ := set $settings "port" 8000 }}
+{{- $_ := set $settings "grpc_port" (ternary 8001 0 .Values.grpc.enabled) }}
 {{- $_ := set $settings "model_repository" "/models" }}
 {{- range $key := keys $settings | sortAlpha }}
 {{- $value := get $settings $key }}

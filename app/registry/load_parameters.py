@@ -1,4 +1,7 @@
-"""Triton's load request parameters: ``config`` (JSON text) and base64 ``file:`` contents."""
+"""Triton's load request parameters: ``config`` (JSON text) and ``file:`` contents.
+
+Over REST a file's contents are base64 text; over gRPC they are the bytes themselves.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +27,9 @@ def load_body_limit(max_upload_bytes: int) -> int:
     return (max_upload_bytes + 2) // 3 * 4 + JSON_OVERHEAD
 
 
-def file_parameters(parameters: dict[str, Any]) -> dict[int, str]:
-    """The base64 model files of a load request by version; 400 for any other file path."""
-    files: dict[int, str] = {}
+def file_parameters(parameters: dict[str, Any]) -> dict[int, str | bytes]:
+    """The model files of a load request by version; 400 for any other file path."""
+    files: dict[int, str | bytes] = {}
     for key, value in parameters.items():
         if not key.startswith("file:"):
             continue
@@ -35,13 +38,17 @@ def file_parameters(parameters: dict[str, Any]) -> dict[int, str]:
             raise BadRequest(
                 f"unsupported load parameter '{key:.80}': only file:<version>/model.onnx"
             )
-        if not isinstance(value, str):
-            raise BadRequest(f"load parameter '{key}' must be a base64 string")
+        if not isinstance(value, str | bytes):
+            raise BadRequest(f"load parameter '{key}' must be base64 text (bytes over gRPC)")
         files[int(match.group(1))] = value
     return files
 
 
-def _decode(key: str, text: str, limit: int) -> bytes:
+def _decode(key: str, text: str | bytes, limit: int) -> bytes:
+    if isinstance(text, bytes):
+        if len(text) > limit:
+            raise PayloadTooLarge(f"{key} is over the upload limit of {limit} bytes")
+        return text
     if len(text) // 4 * 3 > limit + 2:
         raise PayloadTooLarge(f"{key} is over the upload limit of {limit} bytes")
     try:

@@ -1,0 +1,1 @@
+"""gRPC front end: the Open Inference Protocol service over the data plane."""

@@ -1,0 +1,147 @@
+"""What every gRPC call goes through: drain gate, API key, request id, in-flight count,
+error status and access log (what the REST middleware and dependencies do for HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from app.errors import ServingError, ShuttingDown
+from app.inference.context import GRPC, RequestContext
+from app.inference.dataplane import DataPlane
+from app.inference.request_ids import request_id
+from app.log import ACCESS_LOGGER, current_request_id
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+SERVICE = "inference.GRPCInferenceService"
+CODES = {code.name: code for code in grpc.StatusCode}
+
+
+def presented(metadata: Any) -> tuple[bytes | None, str | None]:
+    """The client's request id and API key from the call's metadata (one pass)."""
+    given_id: bytes | None = None
+    key: str | None = None
+    for item in metadata or ():
+        name = item.key
+        if name == "x-request-id" and given_id is None:
+            value = item.value
+            given_id = value.encode("latin-1") if isinstance(value, str) else value
+        elif name == "authorization":
+            scheme, _, token = str(item.value).partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                key = token.strip()
+        elif name == "x-api-key" and key is None:
+            key = str(item.value).strip()
+    return given_id, key
+
+
+class Calls:
+    """Runs one servicer method's body the way every call of this server runs."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.state = dataplane.state
+
+    def open(
+        self, context: grpc.aio.ServicerContext[Any, Any], *, management: bool = False
+    ) -> tuple[RequestContext, ServingError | None]:
+        """The call's request context, and the error its key earns (None: it may go on)."""
+        given_id, key = presented(context.invocation_metadata())
+        request = RequestContext(request_id(given_id), GRPC)
+        access = self.dataplane.access
+        try:
+            if management:
+                access.check_management(key)
+            elif not access.inference_open:
+                access.check_inference(key)
+        except ServingError as exc:
+            return request, exc
+        return request, None
+
+    async def unary(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        body: Callable[[RequestContext], Awaitable[T]],
+        *,
+        management: bool = False,
+        counted: bool = True,
+    ) -> T:
+        """``body(request_context)``, answered with its status; ``counted`` calls are
+        refused while the server drains and counted in flight until they end."""
+        started = time.perf_counter()
+        state = self.state
+        code = grpc.StatusCode.OK
+        token = None
+        try:
+            request, refused = self.open(context, management=management)
+            token = current_request_id.set(request.request_id)
+            if counted and state.shutting_down:
+                raise ShuttingDown("the server is shutting down; retry on another instance")
+            if refused is not None:
+                raise refused
+            if not counted:
+                return await body(request)
+            state.inflight.enter()
+            try:
+                return await body(request)
+            finally:
+                state.inflight.leave()
+        except ServingError as exc:
+            code = CODES[exc.grpc_status]
+            await abort(context, exc)
+            raise  # not reached: abort raises
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", method)
+            code = grpc.StatusCode.INTERNAL
+            await context.abort(code, "internal server error")
+            raise  # not reached: abort raises
+        finally:
+            log_call(context, method, code, started)
+            if token is not None:
+                current_request_id.reset(token)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: ServingError) -> None:
+    """End the call with the error's status and message (and Retry-After when it has one)."""
+    if exc.retry_after is not None:
+        context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(exc.retry_after)))),))
+    await context.abort(CODES[exc.grpc_status], exc.message)
+
+
+def log_call(
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    code: grpc.StatusCode,
+    started: float,
+) -> None:
+    """One access log line per call, with the same fields as the HTTP lines."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    peer = context.peer() or "-"
+    path = f"/{SERVICE}/{method}"
+    access_log.info(
+        '%s "GRPC %s" %s %.1fms',
+        peer, path, code.name, duration_ms,
+        extra={
+            "method": "GRPC",
+            "path": path,
+            "status": code.value[0],
+            "duration_ms": duration_ms,
+            "client": peer,
+            "protocol": GRPC,
+        },
+    )  # fmt: skip
