@@ -183,7 +183,7 @@ def test_several_workers_keep_their_metric_files_in_tmp(cpu_image: Image) -> Non
         # whichever worker answers it, then sums them all.
         wait_for(
             lambda: metric(container.url, "onnx_serve_request_success_total",
-                           model="digits", version="1") == 6,
+                           model="digits", version="1", protocol="rest") == 6,
             "both workers' requests to be counted",
         )  # fmt: skip
         files = container.execute("sh", "-c", "ls /tmp/onnx-serve-metrics-*/").stdout.split()
@@ -201,10 +201,9 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(cpu_image: Image) -> 
         request, labels = digits_request()
         body = json.dumps(request).encode()
         with HeldRequest(container.host_port, "/v2/models/digits/infer", body) as held:
+            # In flight from the moment its headers are in.
             wait_for(
-                lambda: metric(
-                    container.url, "onnx_serve_inflight_requests", model="digits", version="1"
-                ),
+                lambda: metric(container.url, "onnx_serve_requests_in_flight") == 1,
                 "the held request to be in flight",
             )
             with subprocess.Popen(
