@@ -32,6 +32,7 @@ def report(path: Path, signature: ModelSignature) -> str:
         *_table(signature.inputs),
         "outputs:",
         *_table(signature.outputs),
+        *(f"warning: {warning}" for warning in signature.warnings),
     ]
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""Command line: ``onnx-serve serve`` starts the server, ``onnx-serve check`` vets a model."""
+"""Command line: ``onnx-serve serve`` starts the server, ``onnx-serve check`` vets a model,
+``onnx-serve optimize`` makes a checked int8, fp16 or graph-optimised version of one."""
 
 from __future__ import annotations
 
@@ -100,7 +101,73 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="a config.json to validate along with it")
     check.add_argument("--json", action="store_true", help="print the signature as JSON")
     check.set_defaults(func=_check)
+    _add_optimize(
+        commands.add_parser(
+            "optimize",
+            help="make an int8, fp16 or graph-optimised version of a model, checked for accuracy",
+        )
+    )
     return parser
+
+
+def _add_optimize(optimize: argparse.ArgumentParser) -> None:
+    optimize.add_argument(
+        "model", help="a model folder (its latest version), version folder or .onnx file"
+    )
+    optimize.add_argument(
+        "--to", required=True, choices=["int8", "int8-static", "fp16", "graph"], help="what to make"
+    )
+    optimize.add_argument("-o", "--output", required=True, help="folder to write (the new version)")
+    optimize.add_argument(
+        "--samples", help="an .npz of named inputs or a folder of images (default: the model's)"
+    )
+    optimize.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
+    optimize.add_argument("--min-agreement", type=float, help="least top-1 agreement (0.99)")
+    optimize.add_argument("--max-relative-error", type=float, help="other outputs (0.05)")
+    optimize.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="OUTPUT=ERROR",
+        help="largest relative error of one output (repeatable)",
+    )
+    optimize.add_argument("--timeout", type=float, help="seconds the step may take (600)")
+    optimize.add_argument("--version", type=int, help="the version of a model folder to use")
+    optimize.add_argument("--config", help="a config.json to use instead of the model's")
+    optimize.add_argument("--json", action="store_true", help="print the report as JSON")
+    optimize.set_defaults(func=_optimize)
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from app.optimize.command import run_optimize
+
+    fields: dict[str, object] = {"to": args.to, "provider": args.provider}
+    for flag, key in (
+        ("samples", "samples"),
+        ("min_agreement", "min_agreement"),
+        ("max_relative_error", "max_relative_error"),
+        ("timeout", "timeout_seconds"),
+    ):
+        if getattr(args, flag) is not None:
+            fields[key] = getattr(args, flag)
+    tolerances: dict[str, str] = {}
+    for item in args.tolerance:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            print(f"failed: --tolerance takes OUTPUT=ERROR, got {item!r}", file=sys.stderr)
+            return 2
+        tolerances[name] = value
+    fields["tolerances"] = tolerances
+    return run_optimize(
+        args.model,
+        args.output,
+        fields,
+        version=args.version,
+        config_path=args.config,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -28,13 +28,14 @@ from app.metrics import FLUSH_SECONDS
 from bench import payloads
 from bench.load import Request, run_load, wrk_path
 from bench.models import REPOSITORY, RESNET_INPUT, RESNET_OUTPUT, WIDE_WIDTH, write_repository
+from bench.optimized import optimize_section, optimize_targets
 from bench.processes import CpuWatch, Process, bare_asgi, bare_grpc, onnx_serve
 from bench.raw import run_loop, server_session
 from bench.report import Row, machine, print_table, targets
 
 HOST = "127.0.0.1"
 Reference = Callable[[float], Row]
-SECTIONS = ("resnet", "wide", "mlp", "grpc", "workers")
+SECTIONS = ("resnet", "wide", "mlp", "grpc", "workers", "optimize")
 
 
 class Bench:
@@ -396,27 +397,32 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="onnx-serve-bench-") as tmp:
         root = Path(tmp)
-        repo = root / "models"
-        skip = {name for name in REPOSITORY if name.startswith("resnet")}
-        files = write_repository(repo, skip=skip if args.skip_resnet else None)
-        mlp_repo = root / "mlp-models"
-        write_repository(mlp_repo, only={"mlp"})
         wanted = set(args.only or SECTIONS)
-        with onnx_serve(repo, root / "server.log") as server:
-            if not args.skip_resnet and "resnet" in wanted:
-                resnet_section(bench, server, files)
-            if "wide" in wanted:
-                wide_section(bench, server, files)
-            if "mlp" in wanted:
-                mlp_section(bench, server, files, root)
-            if "grpc" in wanted:
-                grpc_section(bench, server, files, root)
-            if "workers" in wanted:
-                workers_section(bench, server, mlp_repo, root)
+        served = wanted - {"optimize"}
+        if served:
+            repo = root / "models"
+            skip = {name for name in REPOSITORY if name.startswith("resnet")}
+            files = write_repository(repo, skip=skip if args.skip_resnet else None)
+            mlp_repo = root / "mlp-models"
+            write_repository(mlp_repo, only={"mlp"})
+            with onnx_serve(repo, root / "server.log") as server:
+                if not args.skip_resnet and "resnet" in wanted:
+                    resnet_section(bench, server, files)
+                if "wide" in wanted:
+                    wide_section(bench, server, files)
+                if "mlp" in wanted:
+                    mlp_section(bench, server, files, root)
+                if "grpc" in wanted:
+                    grpc_section(bench, server, files, root)
+                if "workers" in wanted:
+                    workers_section(bench, server, mlp_repo, root)
+        if "optimize" in wanted:
+            optimize_section(bench, root)
     print(f"\n{len(bench.rows)} rows in {time.monotonic() - started:.0f} s\n")
     print_table(bench.rows)
     print()
     print(targets(bench.rows))
+    print("\n".join(optimize_targets(bench.rows)))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in bench.rows], indent=1))
     return 0

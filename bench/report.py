@@ -34,6 +34,8 @@ class Row:
     spread: dict[str, tuple[float, float]] = field(default_factory=dict)
     note: str = ""
     metrics_ok: bool | None = None
+    #: Accuracy figures of an optimised model's answers (relative error, top-1 agreement).
+    quality: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
@@ -71,18 +73,19 @@ def print_table(rows: list[Row]) -> None:
     """Print the rows as a Markdown table."""
     print(
         "| measurement | rows/req | req/s (runs/s) | p50 ms | p99 ms | errors | vs raw | "
-        "vs ceiling | vs 1 worker | server CPU | others' CPU | tool |"
+        "vs ceiling | vs 1 worker | vs fp32 | server CPU | others' CPU | tool |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
         if row.kind == "skipped":
-            print(f"| {row.label()} | | | | | | | | | | | skipped: {row.note} |")
+            print(f"| {row.label()} | | | | | | | | | | | | skipped: {row.note} |")
             continue
         cpu = f"{row.server_cpu:.0%}" if row.kind != "raw" else f"{row.server_cpu:.0%} (loop)"
         print(
             f"| {row.label()} | {row.rows_per_request} | {row.per_second:.1f} | "
             f"{row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.errors} | {_ratio(row, 'raw')} | "
-            f"{_ratio(row, 'ceiling')} | {_ratio(row, '1 worker')} | {cpu} | "
+            f"{_ratio(row, 'ceiling')} | {_ratio(row, '1 worker')} | {_ratio(row, 'fp32')} | "
+            f"{cpu} | "
             f"{row.foreign_cpu:.0%} | {row.tool} |"
         )
     for row in rows:

@@ -92,6 +92,36 @@ def mlp(inputs: int = 16, hidden: int = 32, outputs: int = 4, seed: int = 0) -> 
     return _model(graph)
 
 
+def fp16_converted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` through onnxruntime's float16 converter with ``keep_io_types``, as a user would
+    convert it: the converter appends its Casts after the nodes that read them, so the nodes
+    are not in topological order (onnxruntime runs it; onnx.checker refuses it)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted: onnx.ModelProto = convert_float_to_float16(model, keep_io_types=True)
+    return converted
+
+
+def cancelling(seed: int = 1) -> onnx.ModelProto:
+    """``y = x @ w1 - x @ w2`` [N, 16] -> [N, 8] with w2 within 1e-3 of w1: the output is the
+    tiny difference of two large products, which int8 weights cannot represent."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((16, 8)).astype(np.float32)
+    w2 = (w1 + 1e-3 * rng.standard_normal((16, 8))).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["a"]),
+            helper.make_node("MatMul", ["x", "w2"], ["b"]),
+            helper.make_node("Sub", ["a", "b"], ["y"]),
+        ],
+        "cancelling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return _model(graph)
+
+
 def write_model(
     root: Path,
     name: str,

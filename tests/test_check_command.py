@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from app.cli import main
-from tests.onnx_models import add_mul, identity
+from tests.onnx_models import add_mul, fp16_converted, identity, mlp
 
 
 def range_model() -> bytes:
@@ -85,3 +85,14 @@ def test_config_is_checked_against_the_graph(
     config.write_text('{"bogus": true}')
     assert main(["check", str(model), "--config", str(config)]) == 1
     assert "unknown key 'bogus'" in capsys.readouterr().err
+
+
+def test_an_fp16_converted_model_is_accepted_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(fp16_converted(mlp()).SerializeToString())
+    assert main(["check", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"OK: {model} would be accepted")
+    assert "warning: onnx.checker: the nodes are not in topological order" in out

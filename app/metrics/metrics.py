@@ -134,6 +134,16 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+        # Optimised versions (app/optimize): kind is int8, int8-static, fp16, graph or none.
+        self.optimization = Gauge(
+            "onnx_serve_model_optimization_info",
+            "1 while a model version is loaded, labelled with how it was optimised (kind "
+            "'none': served as uploaded) and the provider it was optimised for.",
+            (*MODEL_LABELS, "kind", "target"),
+            registry=r,
+            multiprocess_mode="max",
+        )
+
     def request(self, model: str, version: str, protocol: str) -> RequestObservation:
         """Time one request to a known model (``with``); count its success or failure reason."""
         return RequestObservation(self, model, version, protocol)
@@ -169,6 +179,12 @@ class Metrics:
 
     def model_unloaded(self, model: str, version: str, provider: str) -> None:
         self.ready.labels(model, version, provider).set(0)
+
+    def model_optimization(
+        self, model: str, version: str, kind: str, target: str, loaded: bool
+    ) -> None:
+        """Mark a loaded version's optimisation (``loaded``) or clear it at unload."""
+        self.optimization.labels(model, version, kind, target).set(1 if loaded else 0)
 
     def flush(self) -> None:
         """Move the per-request figures counted since the last flush into their series.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.errors import ServingError
+from app.optimize.report import REPORT_FILE, read_report, summary
+from app.registry.model import ModelVersion
 from app.registry.registry import ModelRegistry, ModelState
 
 NOT_SELECTED = "on disk, not selected by the model's version policy"
@@ -15,6 +17,7 @@ def model_catalog(registry: ModelRegistry) -> list[dict[str, Any]]:
     by_name: dict[str, dict[str, dict[str, Any]]] = {}
     for status in registry.index():
         by_name.setdefault(status.name, {})[status.version] = status.as_dict()
+    live = {(m.name, str(m.version)): m for m in registry.live()}
     out: list[dict[str, Any]] = []
     for name in sorted(by_name):
         statuses = by_name[name]
@@ -37,6 +40,9 @@ def model_catalog(registry: ModelRegistry) -> list[dict[str, Any]]:
         for entry in versions:
             entry["on_disk"] = entry["version"] in on_disk
             del entry["name"]
+            report = _optimization(registry, live.get((name, entry["version"])), name, entry)
+            if report is not None:
+                entry["optimization"] = summary(report)
         states = {v["state"] for v in versions}
         if ModelState.READY.value in states:
             state, reason = ModelState.READY.value, ""
@@ -51,3 +57,16 @@ def model_catalog(registry: ModelRegistry) -> list[dict[str, Any]]:
             state, reason = ModelState.UNLOADED.value, "" if versions else "no versions on disk"
         out.append({"name": name, "state": state, "reason": reason, "versions": versions})
     return out
+
+
+def _optimization(
+    registry: ModelRegistry, model: ModelVersion | None, name: str, entry: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The optimisation report of a version: the live one's, else the one in its folder."""
+    if model is not None:
+        report = model.extras.get("optimization")
+        return report if isinstance(report, dict) else None
+    if not entry["on_disk"]:
+        return None
+    folder = registry.repository.version_dir(name, int(entry["version"]))
+    return read_report(folder / REPORT_FILE)

@@ -173,6 +173,50 @@ class PostprocessConfig(_Strict):
     top_k: int = Field(5, ge=1, description="Classes per image when the request names none.")
 
 
+OptimizeKind = Literal["int8", "int8-static", "fp16", "graph"]
+OptimizeProvider = Literal["cpu", "cuda", "tensorrt"]
+
+
+class OptimizeConfig(_Strict):
+    """Serve an optimised copy of each version, made at load, checked, cached beside it."""
+
+    to: OptimizeKind = Field(
+        description="int8 (dynamic quantization), int8-static (QDQ, calibrated on samples), "
+        "fp16, or graph (onnxruntime's offline graph optimisation)."
+    )
+    provider: OptimizeProvider = Field(
+        "cpu",
+        description="Hardware the copy is made for and served on; tensorrt sets TensorRT's "
+        "own fp16/int8 modes and its engine cache.",
+    )
+    samples: str | None = Field(
+        None,
+        description="Inputs for calibration and the accuracy check: an .npz of named inputs or "
+        "a folder of images, relative to the model folder; default: samples.npz or samples/ "
+        "there, else generated inputs.",
+    )
+    min_agreement: float = Field(
+        0.99,
+        ge=0.0,
+        le=1.0,
+        description="Least top-1 agreement with the original on class-score outputs.",
+    )
+    max_relative_error: float = Field(
+        0.05,
+        gt=0.0,
+        description="Largest relative error (|optimised - original| / |original|, L2 norms) "
+        "of the other outputs.",
+    )
+    tolerances: dict[str, float] = Field(
+        default_factory=dict,
+        description="Largest relative error per output name, for any output (overrides "
+        "max_relative_error).",
+    )
+    timeout_seconds: float = Field(
+        600.0, gt=0.0, description="Longest the optimisation and its checks may take."
+    )
+
+
 class ModelConfig(_Strict):
     """Everything a model may configure; what is absent is inferred from its graph."""
 
@@ -192,3 +236,6 @@ class ModelConfig(_Strict):
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     preprocess: PreprocessConfig | None = None
     postprocess: PostprocessConfig | None = None
+    optimize: OptimizeConfig | None = Field(
+        None, description="Optimise every version at load (see docs/optimization.md)."
+    )

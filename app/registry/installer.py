@@ -14,18 +14,21 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from app.errors import (
+    BadRequest,
     Conflict,
     InsufficientStorage,
     InvalidModel,
     ModelNotFound,
     ServingError,
 )
+from app.optimize.uploads import optimize_staged
 from app.registry.atomic_files import Undo, fsync_dir, keep_copy, link_new, write_durably
+from app.registry.config import ModelConfig, OptimizeConfig
 from app.registry.model import ModelVersion
 from app.registry.registry import ModelRegistry, ModelState
 from app.registry.repository import (
@@ -68,6 +71,10 @@ class VersionFile:
 
     path: Path
     version: int | None = None
+    #: Files placed beside the model: (path inside the version folder, staged file).
+    extras: tuple[tuple[str, Path], ...] = ()
+    #: The report of an optimised version, for the install's answer.
+    optimization: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,8 @@ class InstallPlan:
     config: bytes | None = None
     labels: str | None = None
     overwrite: bool = False
+    #: Also install an optimised copy of the (single) file as the next version.
+    optimize: OptimizeConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +100,10 @@ class InstalledVersion:
     reason: str
     replaced: bool
     signature: ModelSignature
+    optimization: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "version": str(self.version),
             "state": self.state,
@@ -101,6 +111,9 @@ class InstalledVersion:
             "replaced": self.replaced,
             **self.signature.as_dict(),
         }
+        if self.optimization is not None:
+            out["optimization"] = self.optimization
+        return out
 
 
 def next_free_version(model_dir: Path) -> int:
@@ -175,6 +188,10 @@ class ModelInstaller:
             if item.version is not None:
                 parse_version(item.version)
         signatures = [await asyncio.to_thread(validate_model_file, f.path) for f in plan.files]
+        if plan.optimize is not None:
+            optimized = await self._optimized(stage, plan)
+            plan = replace(plan, files=[*plan.files, optimized])
+            signatures.append(await asyncio.to_thread(validate_model_file, optimized.path))
         async with self.lock(name):
             before = self._live_versions(name)
             undo, placed = await asyncio.to_thread(self._place, stage, plan)
@@ -197,10 +214,44 @@ class ModelInstaller:
                 self._changed(name)
                 raise InvalidModel(failure)
             results = []
-            for (version, replaced), signature in zip(placed, signatures, strict=True):
+            for (version, replaced), signature, item in zip(
+                placed, signatures, plan.files, strict=True
+            ):
                 state, reason = self._state_of(name, version)
-                results.append(InstalledVersion(name, version, state, reason, replaced, signature))
+                results.append(
+                    InstalledVersion(
+                        name, version, state, reason, replaced, signature, item.optimization
+                    )
+                )
             return results
+
+    async def _optimized(self, stage: Stage, plan: InstallPlan) -> VersionFile:
+        """The plan's one file optimised in the stage (off the event loop; the model's
+        lock is not held meanwhile, so its other changes and loads go on)."""
+        assert plan.optimize is not None
+        if len(plan.files) != 1:
+            raise BadRequest("optimize takes exactly one model file")
+        name = plan.name
+        if plan.config is not None:
+            config = parse_config(plan.config)
+        elif self.repository.has_model(name):
+            config = self.repository.config(name)
+        else:
+            config = ModelConfig()
+        labelled = plan.labels is not None or (
+            self.repository.has_model(name) and self.repository.labels(name) is not None
+        )
+        staged = await asyncio.to_thread(
+            optimize_staged,
+            stage.path("optimized"),
+            name,
+            plan.files[0].path,
+            plan.optimize,
+            config,
+            labelled,
+            self.repository.model_dir(name),
+        )
+        return VersionFile(staged.model, None, staged.extras, staged.report)
 
     def _live_versions(self, name: str) -> dict[int, ModelVersion]:
         return {m.version: m for m in self.registry.live() if m.name == name}
@@ -315,6 +366,14 @@ class ModelInstaller:
                 ) from None
             undo.files.append((target, None))
             replaced = False
+        for relative, staged in item.extras:
+            extra = version_dir / relative
+            for folder in reversed(extra.relative_to(version_dir).parents[:-1]):
+                if not (version_dir / folder).exists():
+                    (version_dir / folder).mkdir()
+                    undo.created_dirs.append(version_dir / folder)
+            link_new(staged, extra)
+            undo.files.append((extra, None))
         fsync_dir(version_dir)
         return version, replaced
 

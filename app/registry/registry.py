@@ -11,7 +11,8 @@ from typing import NoReturn
 
 from app.errors import ModelNotFound, ModelNotReady, ServingError
 from app.metrics import Metrics
-from app.registry.model import ModelVersion, Runner, load_version
+from app.optimize.loading import load_served_version, optimization_labels
+from app.registry.model import ModelVersion, Runner
 from app.registry.providers import cpu_quota
 from app.registry.repository import ModelRepository, parse_version, validate_name
 from app.settings import Settings
@@ -169,11 +170,12 @@ class ModelRegistry:
             for v in versions:
                 try:
                     model = await asyncio.to_thread(
-                        load_version,
+                        load_served_version,
                         name,
                         v,
                         self.repository.model_file(name, v),
                         config,
+                        model_dir=self.repository.model_dir(name),
                         default_providers=self._settings.default_providers,
                         require_accelerator=self._settings.require_accelerator,
                         cpu_quota=self._cpu_quota,
@@ -206,6 +208,7 @@ class ModelRegistry:
                     model.load_seconds,
                     ",".join(model.fallback) if model.fallback else None,
                 )
+                self._metrics.model_optimization(name, str(v), *optimization_labels(model), True)
                 log.info(
                     "model %s v%d ready on %s in %.3fs",
                     name, v, model.provider, model.load_seconds,
@@ -286,6 +289,10 @@ class ModelRegistry:
             if current is None or current.provider != model.provider:
                 # A reload of the same version on the same provider keeps its ready gauge.
                 self._metrics.model_unloaded(model.name, str(model.version), model.provider)
+            if current is None or optimization_labels(current) != optimization_labels(model):
+                self._metrics.model_optimization(
+                    model.name, str(model.version), *optimization_labels(model), False
+                )
             await asyncio.to_thread(model.pool.retire, self._settings.shutdown_grace_seconds)
             if model.runner is not None:
                 await model.runner.close()

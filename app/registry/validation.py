@@ -31,6 +31,8 @@ class ModelSignature:
     opsets: dict[str, int]
     ir_version: int
     producer: str
+    #: What onnx.checker found in a model onnxruntime loads and runs all the same.
+    warnings: tuple[str, ...] = ()
 
     @property
     def max_batch_size(self) -> int:
@@ -45,6 +47,7 @@ class ModelSignature:
             "ir_version": self.ir_version,
             "producer": self.producer,
             "max_batch_size": self.max_batch_size,
+            "warnings": list(self.warnings),
         }
 
 
@@ -185,14 +188,32 @@ def _load_proto(path: Path) -> onnx.ModelProto:
         raise InvalidModel(f"not an ONNX model (protobuf parse failed): {_reason(exc)}") from None
 
 
-def _check_structure(path: Path) -> None:
+def _checker_finding(path: Path) -> str | None:
+    """What ``onnx.checker`` (full check) finds wrong with the model, or None.
+
+    The checker is stricter than onnxruntime in places: it wants nodes in topological order
+    (onnxruntime sorts them itself; float16 converters append their Casts at the end), and
+    its strict shape inference refuses some graphs onnxruntime runs. So a finding refuses a
+    model only when onnxruntime cannot load and run it either.
+    """
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError and protobuf errors
-        raise InvalidModel(f"onnx.checker refused the model: {_reason(exc)}") from None
+        reason = _reason(exc)
+        if "topologically sorted" in reason:
+            return (
+                "onnx.checker: the nodes are not in topological order "
+                "(onnxruntime orders them itself)"
+            )
+        return f"onnx.checker: {reason}"
+    return None
 
 
-def _test_session(path: Path) -> ort.InferenceSession:
+def _with_finding(message: str, finding: str | None) -> str:
+    return message if finding is None else f"{message} ({finding})"
+
+
+def _test_session(path: Path, finding: str | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -203,7 +224,9 @@ def _test_session(path: Path) -> ort.InferenceSession:
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises several unrelated types
-        raise InvalidModel(f"onnxruntime could not load the model: {_reason(exc)}") from None
+        raise InvalidModel(
+            _with_finding(f"onnxruntime could not load the model: {_reason(exc)}", finding)
+        ) from None
 
 
 def validate_model_file(path: Path) -> ModelSignature:
@@ -211,7 +234,8 @@ def validate_model_file(path: Path) -> ModelSignature:
 
     Order: parse, external data confined to the model's own folder (before anything follows
     a data path), opsets the installed onnxruntime supports, ``onnx.checker`` full check, a
-    CPU test session and one warm-up run on zeros.
+    CPU test session and one warm-up run on zeros. What the checker finds refuses the model
+    only when onnxruntime fails too (the refusal then names both); otherwise it is a warning.
     """
     model = _load_proto(path)
     check_external_data(model, path.parent)
@@ -219,18 +243,21 @@ def validate_model_file(path: Path) -> ModelSignature:
     ir_version = int(model.ir_version)
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     del model  # the checker and the session read the file themselves: free the copy first
-    _check_structure(path)
-    session = _test_session(path)
+    finding = _checker_finding(path)
+    session = _test_session(path, finding)
     inputs = [_spec(arg) for arg in session.get_inputs()]
     outputs = [_spec(arg) for arg in session.get_outputs()]
     try:
         session.run(None, warmup_feeds(inputs, 1))
     except Exception as exc:  # onnxruntime raises several unrelated types
-        raise InvalidModel(f"warm-up inference on zeros failed: {_reason(exc)}") from None
+        raise InvalidModel(
+            _with_finding(f"warm-up inference on zeros failed: {_reason(exc)}", finding)
+        ) from None
     return ModelSignature(
         inputs=inputs,
         outputs=outputs,
         opsets=opsets,
         ir_version=ir_version,
         producer=producer,
+        warnings=() if finding is None else (finding,),
     )

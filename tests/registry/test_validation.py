@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from app.errors import InvalidModel
 from app.registry.validation import check_external_data, max_supported_opset, validate_model_file
-from tests.onnx_models import add_mul, failing_warmup, identity, mlp
+from tests.onnx_models import add_mul, failing_warmup, fp16_converted, identity, mlp
 
 
 def save(path: Path, model: onnx.ModelProto | bytes) -> Path:
@@ -80,10 +80,34 @@ def test_unparsable_files_are_refused(tmp_path: Path, content: bytes, reason: st
     assert re.search(reason, refusal(save(tmp_path / "m.onnx", content)))
 
 
-def test_checker_failure_is_refused(tmp_path: Path) -> None:
+def test_checker_failure_is_refused_when_onnxruntime_fails_too(tmp_path: Path) -> None:
     model = stamped([("", 17)])
     model.graph.node[0].input[0] = "undefined_tensor"
-    assert "onnx.checker" in refusal(save(tmp_path / "m.onnx", model))
+    reason = refusal(save(tmp_path / "m.onnx", model))
+    assert reason.startswith("onnxruntime could not load the model") and "onnx.checker" in reason
+
+
+@pytest.mark.parametrize("how", ["reversed", "fp16"])
+def test_unsorted_nodes_that_onnxruntime_runs_are_accepted_with_a_warning(
+    tmp_path: Path, how: str
+) -> None:
+    if how == "reversed":
+        model = mlp()
+        nodes = list(reversed(model.graph.node))
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    else:
+        model = fp16_converted(mlp())
+    path = save(tmp_path / "m.onnx", model)
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(str(path), full_check=True)
+    signature = validate_model_file(path)
+    assert [s.metadata() for s in signature.inputs] == [
+        {"name": "x", "datatype": "FP32", "shape": [-1, 16]}
+    ]
+    assert signature.warnings == (
+        "onnx.checker: the nodes are not in topological order (onnxruntime orders them itself)",
+    )
 
 
 def test_opset_newer_than_onnxruntime_is_refused(tmp_path: Path) -> None:

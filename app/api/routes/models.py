@@ -11,6 +11,7 @@ from app.api.deps import DataPlaneDep, InstallerDep, Management, SettingsDep
 from app.api.multipart import read_upload_form
 from app.api.responses import json_response
 from app.errors import BadRequest
+from app.optimize.uploads import parse_optimize_field
 from app.protocol.schemas import ErrorBody
 from app.registry.installer import InstallPlan, ModelInstaller, VersionFile
 from app.registry.repository import parse_version, validate_name
@@ -19,7 +20,7 @@ router = APIRouter(tags=["models"], dependencies=[Management])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 507)
 }
-FORM_FIELDS = ("file", "name", "version", "config", "labels", "overwrite")
+FORM_FIELDS = ("file", "name", "version", "config", "labels", "overwrite", "optimize")
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
 UPLOAD_BODY = {
@@ -41,6 +42,12 @@ UPLOAD_BODY = {
                         "config": {"type": "string", "description": "config.json text."},
                         "labels": {"type": "string", "description": "labels.txt text."},
                         "overwrite": {"type": "boolean", "default": False},
+                        "optimize": {
+                            "type": "string",
+                            "description": "Also install an optimised copy as the next version "
+                            "(int8, int8-static, fp16 or graph, or a JSON object of options): "
+                            "see docs/optimization.md.",
+                        },
                     },
                 }
             }
@@ -74,6 +81,7 @@ def _check_fields(fields: dict[str, str]) -> None:
 def _precheck(installer: ModelInstaller) -> Any:
     def check(fields: dict[str, str]) -> None:
         _check_fields(fields)
+        parse_optimize_field(fields.get("optimize", ""))
         if "name" in fields:
             installer.precheck(fields["name"], _version(fields), _flag(fields, "overwrite"))
 
@@ -109,9 +117,12 @@ async def upload(request: Request, installer: InstallerDep, settings: SettingsDe
             config=fields["config"].encode() if fields.get("config", "").strip() else None,
             labels=fields.get("labels"),
             overwrite=_flag(fields, "overwrite"),
+            optimize=parse_optimize_field(fields.get("optimize", "")),
         )
-        installed = (await installer.install(stage, plan))[0]
+        installed, *optimized = await installer.install(stage, plan)
     body = {**installed.as_dict(), "size_bytes": form.file_size, "sha256": form.sha256}
+    if optimized:
+        body["optimized"] = optimized[0].as_dict()
     location = f"/v2/models/{installed.name}/versions/{installed.version}"
     return json_response(body, 201, {"Location": location})
 

@@ -1,0 +1,1 @@
+"""Optimised versions of models: int8, fp16 and graph optimisation, checked for accuracy."""
