@@ -33,6 +33,7 @@ from app.registry.cuda_libraries import preload_cuda_libraries
 from app.registry.installer import ModelInstaller
 from app.registry.registry import ModelRegistry
 from app.registry.repository import open_repository
+from app.registry.residency import Residency
 from app.registry.watcher import RepositoryWatcher
 from app.settings import Settings
 
@@ -114,8 +115,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             runner_for, metrics=metrics, default_timeout_us=settings.default_timeout_us
         ),
     )
+    residency = Residency(registry, settings, metrics)
+    registry.hooks = residency
     installer = ModelInstaller(registry)
-    dataplane = DataPlane(registry, installer, metrics, settings, state)
+    dataplane = DataPlane(registry, installer, metrics, settings, state, residency)
     metrics.requests_in_flight = lambda: state.inflight.count
 
     app = ServingApp(
