@@ -1,9 +1,8 @@
 """The memory ledger: what each loaded version costs, against a budget per kind of memory.
 
-Costs are what a load was measured to add (``app.registry.memory``), never less than the size
-of the version's files (the weights must be somewhere), and never less than an earlier load of
-the same files measured: a load that reuses memory freed by an unload shows a smaller growth
-than it really takes, so the largest figure seen is kept.
+A version's cost is what its load was measured to add (``app.registry.memory``), and never
+less than the size of its files (its weights are somewhere in memory, whatever the allocator
+reused). The last measurement of a version is the estimate for its next load.
 """
 
 from __future__ import annotations
@@ -85,12 +84,8 @@ class MemoryLedger:
 
     def account(self, model: ModelVersion, files: VersionFiles, measured: MemoryCost) -> MemoryCost:
         """Count ``model`` as loaded; returns the cost it is counted for."""
-        key = (model.name, model.version)
         cost = measured.merged(MemoryCost({HOST: files.size}))
-        seen = self._seen.get(key)
-        if seen is not None and seen[0] == files:
-            cost = cost.merged(seen[1])
-        self._seen[key] = (files, cost)
+        self._seen[(model.name, model.version)] = (files, cost)
         self._resident[id(model)] = Resident(model, cost)
         return cost
 

@@ -1,10 +1,17 @@
-"""What memory this process takes and may take: resident memory, the container's limit, GPUs.
+"""What memory this process takes and may take: host memory, the container's limit, GPUs.
 
-Resident memory is read from ``/proc/self/statm`` (page granularity, a few microseconds a
-read). Device memory comes from NVML (``libnvidia-ml.so.1``, installed with the NVIDIA
-driver) through ctypes: the memory in use on each device, all processes together, which is
-what a load adds to when the server has the device to itself. Without a driver there are no
-GPU figures and no GPU budget can be enforced.
+A load's host memory is the growth of what the C allocator has handed out and not taken back
+(glibc's ``mallinfo2``: onnxruntime's sessions, arenas and weights are all allocated there),
+measured before and after it. Unlike the growth of resident memory, this does not depend on
+where the allocator put the load's temporary buffers or whether it has given them back to the
+system yet: a first load in a thread that leaves 8 MiB of freed buffers at the top of its
+heap shows 8 MiB more resident memory, but no more in use. Where ``mallinfo2`` is missing
+(another C library) the growth of resident memory (``/proc/self/statm``) stands in.
+
+Device memory comes from NVML (``libnvidia-ml.so.1``, installed with the NVIDIA driver)
+through ctypes: the memory in use on each device, all processes together, which is what a
+load adds to when the server has the device to itself. Without a driver there are no GPU
+figures and no GPU budget can be enforced.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +39,34 @@ def resident_bytes() -> int:
             return int(statm.read().split()[1]) * PAGE_SIZE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        function = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    function.argtypes = []
+    return function
+
+
+def allocated_bytes(mallinfo2: Callable[[], _MallInfo2] | None) -> int:
+    """Bytes the C allocator has handed out and not taken back (heaps and mmapped blocks)."""
+    if mallinfo2 is None:
+        return resident_bytes()
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
 
 
 def memory_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -171,14 +207,21 @@ class MemoryCost:
 
 
 class LoadMeasurement:
-    """Resident and device memory in use before a load; ``cost`` is the growth since."""
+    """Host and device memory in use before a load; ``cost`` is the growth since."""
+
+    #: glibc's ``mallinfo2``, looked up once (None: resident memory stands in).
+    _mallinfo2: Callable[[], _MallInfo2] | None = None
+    _looked_up = False
 
     def __init__(self, gpus: GpuMemory) -> None:
+        if not LoadMeasurement._looked_up:
+            LoadMeasurement._mallinfo2 = _mallinfo2()
+            LoadMeasurement._looked_up = True
         self._gpus = gpus
-        self._before = {HOST: resident_bytes(), **gpus.used()}
+        self._before = {HOST: allocated_bytes(self._mallinfo2), **gpus.used()}
 
     def cost(self) -> MemoryCost:
-        after = {HOST: resident_bytes(), **self._gpus.used()}
+        after = {HOST: allocated_bytes(self._mallinfo2), **self._gpus.used()}
         return MemoryCost(
             {k: max(0, v - self._before[k]) for k, v in after.items() if k in self._before}
         )

@@ -110,14 +110,16 @@ class ModelRegistry:
         if status is None and version is None and statuses:
             status = next(iter(statuses.values()))
         label = f"model '{name}'" + (f" version {version}" if version is not None else "")
+        standby = self._standby.get(name)
+        if standby and (not version or str(version) in {str(v) for v in standby}):
+            # Standing by, or loading on demand: the request waits for that load.
+            raise ModelNotLoaded(f"{label} is not loaded; it loads on an inference request")
         if status is not None and status.state == ModelState.LOADING:
             raise ModelNotReady(f"{label} is loading")
         if status is not None and status.state == ModelState.UNAVAILABLE:
             raise ModelNotReady(f"{label} is unavailable: {status.reason}")
         if status is not None and status.state == ModelState.UNLOADED:
             raise ModelNotReady(f"{label} is unloaded")
-        if status is not None and status.state == ModelState.AVAILABLE:
-            raise ModelNotLoaded(f"{label} is not loaded; it loads on an inference request")
         raise ModelNotFound(f"{label} is not served here")
 
     def live(self) -> list[ModelVersion]:

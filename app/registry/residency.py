@@ -13,8 +13,9 @@ branches on it.
   (``app.registry.budget``). With a budget, loads are taken one at a time, so that each one's
   growth of resident memory is its own, and a load that would go over it first evicts the
   least recently used versions that are idle (no request in flight or queued), unpinned, and
-  not being loaded or waited for. When that cannot make room the load fails with 503 and
-  Retry-After, and the versions serving keep serving.
+  not being loaded or waited for. When only versions in use stand in the way, it waits up to
+  ``BUSY_WAIT_SECONDS`` for them to become idle; when that cannot make room the load fails
+  with 503 and Retry-After, and the versions serving keep serving.
 - An evicted version stands by like an on-demand one: its next request loads it again.
 """
 
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 #: Seconds a client is asked to wait after a 503 for want of memory (in-flight requests
 #: usually end within that, leaving versions idle to evict).
 RETRY_AFTER_SECONDS = 1.0
+#: How long a load waits for versions in use to become idle before it gives up, and how
+#: often it looks (requests to small models end within milliseconds).
+BUSY_WAIT_SECONDS = 1.0
+BUSY_POLL_SECONDS = 0.005
 
 FlightKey = tuple[str, int | None]
 
@@ -133,8 +138,9 @@ class Residency:
         async with self._one_at_a_time():
             folder = self._registry.repository.version_dir(name, version)
             files = await asyncio.to_thread(VersionFiles.read, folder)
-            estimate, _ = self.ledger.estimate(name, version, files)
-            await self._make_room(estimate, name, version)
+            estimate, measured = self.ledger.estimate(name, version, files)
+            # A guess only makes what room it can: the load's measurement decides.
+            await self._make_room(estimate, name, version, required=measured)
             await asyncio.to_thread(self._before_measuring)
             admit = partial(self._admit, config=config, reason=reason, files=files)
             yield _Load(LoadMeasurement(self._gpus), admit)
@@ -188,9 +194,16 @@ class Residency:
     # ---- eviction --------------------------------------------------------------------------
 
     async def _make_room(
-        self, extra: MemoryCost, name: str, version: int, need: MemoryCost | None = None
+        self,
+        extra: MemoryCost,
+        name: str,
+        version: int,
+        need: MemoryCost | None = None,
+        *,
+        required: bool = True,
     ) -> None:
-        """Evict until ``extra`` more fits every budget; MemoryBudgetExceeded when it cannot.
+        """Evict until ``extra`` more fits every budget; MemoryBudgetExceeded when it cannot
+        (or, not ``required``, evict the idle versions it can and stop).
 
         ``need`` is what the version takes (default ``extra``; a version already counted
         needs room for itself with nothing extra).
@@ -204,12 +217,20 @@ class Residency:
                 f"model '{name}' version {version} cannot be loaded: {impossible}"
             )
         tried: set[int] = set()
+        deadline = time.monotonic() + BUSY_WAIT_SECONDS
         while short := self.ledger.shortfall(extra):
             victim = self._victim(short, name, tried)
+            if victim is None and not required:
+                return
             if victim is None:
-                raise MemoryBudgetExceeded(
-                    self._no_room(name, version, need, short), retry_after=RETRY_AFTER_SECONDS
-                )
+                if not self._could_free(short, name) or time.monotonic() >= deadline:
+                    raise MemoryBudgetExceeded(
+                        self._no_room(name, version, need, short), retry_after=RETRY_AFTER_SECONDS
+                    )
+                # Only versions in use stand in the way: their requests end soon.
+                await asyncio.sleep(BUSY_POLL_SECONDS)
+                tried.clear()
+                continue
             tried.add(id(victim))
             evicted = await self._registry.evict(victim.name, victim.version)
             if evicted is not None:
@@ -235,6 +256,16 @@ class Residency:
                 continue
             return model
         return None
+
+    def _could_free(self, short: dict[str, int], loading: str) -> bool:
+        """Whether evicting every unpinned version (busy ones included) would make room."""
+        freeable: dict[str, int] = {}
+        for resident in self.ledger.by_last_use():
+            model = resident.model
+            if model.name != loading and not model.config.pinned:
+                for device, size in resident.cost.amounts.items():
+                    freeable[device] = freeable.get(device, 0) + size
+        return all(freeable.get(device, 0) >= missing for device, missing in short.items())
 
     def _no_room(self, name: str, version: int, need: MemoryCost, short: dict[str, int]) -> str:
         device = next(iter(short))
@@ -292,4 +323,7 @@ class _Load:
         self._admit = admit
 
     async def loaded(self, model: ModelVersion) -> None:
+        # What the load freed again (the file's bytes, a parsed copy of the graph) counts
+        # for nothing once handed back.
+        await asyncio.to_thread(release_free_memory)
         await self._admit(model, self._measurement.cost())
