@@ -14,10 +14,6 @@ from pathlib import Path
 from app.registry.memory import HOST, MemoryCost
 from app.registry.model import ModelVersion
 
-#: A first load's guess, before any measurement: its files this many times over (the file is
-#: read whole, then its weights are copied into the session), plus a session's own structures.
-ESTIMATE_FACTOR = 2
-ESTIMATE_BASE = 1 << 20
 MIB = 1 << 20
 
 
@@ -75,12 +71,14 @@ class MemoryLedger:
 
     def estimate(self, name: str, version: int, files: VersionFiles) -> tuple[MemoryCost, bool]:
         """What loading these files is expected to take, and whether it was measured: the
-        last measurement, else a guess (no more than the budget: the load will tell)."""
+        last measurement, else the least it can take (its files; no more than the budget).
+
+        A first load makes room for what it certainly takes and its measurement settles the
+        rest, rather than evicting versions for a guess that may be far off."""
         seen = self._seen.get((name, version))
         if seen is not None and seen[0] == files:
             return seen[1], True
-        guess = files.size * ESTIMATE_FACTOR + ESTIMATE_BASE
-        return MemoryCost({HOST: min(guess, self.budgets.get(HOST, guess))}), False
+        return MemoryCost({HOST: min(files.size, self.budgets.get(HOST, files.size))}), False
 
     def account(self, model: ModelVersion, files: VersionFiles, measured: MemoryCost) -> MemoryCost:
         """Count ``model`` as loaded; returns the cost it is counted for."""
