@@ -8,7 +8,7 @@ policy selects loads at once, and nothing is measured.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import StrEnum
 from typing import Protocol
@@ -33,6 +33,9 @@ class LoadReason(StrEnum):
 class Loading(Protocol):
     """One load in progress, between its admission and its measurement."""
 
+    def build(self, load: Callable[[], ModelVersion]) -> ModelVersion:
+        """Run ``load`` (blocking: called off the event loop) and measure what it took."""
+
     async def loaded(self, model: ModelVersion) -> None:
         """Account for the version just built; raises (after discarding it) when it cannot
         be kept."""
@@ -56,6 +59,9 @@ class RegistryHooks(Protocol):
 
 
 class _Unmeasured:
+    def build(self, load: Callable[[], ModelVersion]) -> ModelVersion:
+        return load()
+
     async def loaded(self, model: ModelVersion) -> None:
         return None
 

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import NoReturn
 
 from app.errors import (
@@ -274,19 +275,20 @@ class ModelRegistry:
         reason: LoadReason,
     ) -> ModelVersion:
         """Build one version's pool and runner (admitted and measured by the hooks)."""
+        load = partial(
+            load_served_version,
+            name,
+            version,
+            self.repository.model_file(name, version),
+            config,
+            model_dir=self.repository.model_dir(name),
+            default_providers=self._settings.default_providers,
+            require_accelerator=self._settings.require_accelerator,
+            cpu_quota=self._cpu_quota,
+            labels=labels,
+        )
         async with self.hooks.loading(name, version, config, reason) as loading:
-            model = await asyncio.to_thread(
-                load_served_version,
-                name,
-                version,
-                self.repository.model_file(name, version),
-                config,
-                model_dir=self.repository.model_dir(name),
-                default_providers=self._settings.default_providers,
-                require_accelerator=self._settings.require_accelerator,
-                cpu_quota=self._cpu_quota,
-                labels=labels,
-            )
+            model = await asyncio.to_thread(loading.build, load)
             await loading.loaded(model)
         if self._runner_factory is not None:
             model.runner = self._runner_factory(model)

@@ -89,8 +89,8 @@ class Residency:
         self._metrics = metrics.residency
         self._on_demand = settings.load_on_demand
         self._default_timeout_us = settings.default_timeout_us
-        self._gpus = gpus if gpus is not None else GpuMemory.open()
-        self.ledger = MemoryLedger(budgets_from(settings, self._gpus))
+        self.gpus = gpus if gpus is not None else GpuMemory.open()
+        self.ledger = MemoryLedger(budgets_from(settings, self.gpus))
         for device, budget in self.ledger.budgets.items():
             self._metrics.budget.labels(device).set(budget)
             self._metrics.accounted.labels(device).set(0)
@@ -136,16 +136,16 @@ class Residency:
         """Admit one load: room is made for its estimated cost first (503 when there can be
         none); the load then accounts for what it measured."""
         async with self._one_at_a_time():
-            folder = self._registry.repository.version_dir(name, version)
-            files = await asyncio.to_thread(VersionFiles.read, folder)
+            # A stat or two of one folder: not worth a hop to a thread.
+            files = VersionFiles.read(self._registry.repository.version_dir(name, version))
             estimate, measured = self.ledger.estimate(name, version, files)
             # A guess only makes what room it can: the load's measurement decides.
             await self._make_room(estimate, name, version, required=measured)
-            await asyncio.to_thread(self._before_measuring)
-            admit = partial(self._admit, config=config, reason=reason, files=files)
-            yield _Load(LoadMeasurement(self._gpus), admit)
+            yield _Load(self, partial(self._admit, config=config, reason=reason, files=files))
 
-    def _before_measuring(self) -> None:
+    def before_measuring(self) -> None:
+        """Start onnxruntime (once) and hand freed memory back, so that neither counts for
+        the load measured next (blocking)."""
         if not self._runtime_started:
             start_runtime()
             self._runtime_started = True
@@ -312,18 +312,26 @@ class Residency:
 
 
 class _Load:
-    """One admitted load: measures what the version took once built, and admits it."""
+    """One admitted load: measures what the version took while it is built, then admits it."""
 
     def __init__(
         self,
-        measurement: LoadMeasurement,
+        residency: Residency,
         admit: Callable[[ModelVersion, MemoryCost], Awaitable[None]],
     ) -> None:
-        self._measurement = measurement
+        self._residency = residency
         self._admit = admit
+        self._cost = MemoryCost()
+
+    def build(self, load: Callable[[], ModelVersion]) -> ModelVersion:
+        self._residency.before_measuring()
+        measurement = LoadMeasurement(self._residency.gpus)
+        model = load()
+        # What the load freed again (the file's bytes, a parsed copy of the graph) counts for
+        # nothing once handed back.
+        release_free_memory()
+        self._cost = measurement.cost()
+        return model
 
     async def loaded(self, model: ModelVersion) -> None:
-        # What the load freed again (the file's bytes, a parsed copy of the graph) counts
-        # for nothing once handed back.
-        await asyncio.to_thread(release_free_memory)
-        await self._admit(model, self._measurement.cost())
+        await self._admit(model, self._cost)
