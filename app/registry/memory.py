@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from app.settings import parse_amount
 
 log = logging.getLogger(__name__)
@@ -103,9 +105,10 @@ def release_free_memory() -> None:
         pass
 
 
-def start_runtime() -> None:
+def start_runtime(cuda: bool = False) -> None:
     """Create and drop one trivial session (blocking), so that onnxruntime's own start (its
-    environment and thread pools, some 8 MiB) is not measured as the first model's cost."""
+    environment and thread pools, some 8 MiB; with ``cuda``, the CUDA context on device 0,
+    some hundreds of MiB of device memory) is not measured as the first model's cost."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -114,7 +117,14 @@ def start_runtime() -> None:
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "start", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else None
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=providers or ["CPUExecutionProvider"]
+        )
+        session.run(None, {"x": np.zeros(1, np.float32)})
+    except Exception:  # a runtime that cannot start here fails the first real load instead
+        log.warning("onnxruntime could not start ahead of the first load", exc_info=True)
 
 
 HOST = "host"

@@ -45,6 +45,7 @@ from app.registry.memory import (
     start_runtime,
 )
 from app.registry.model import ModelVersion
+from app.registry.providers import CUDA, usable_providers
 from app.registry.registry import ModelRegistry
 from app.registry.repository import parse_version
 from app.settings import Settings
@@ -147,7 +148,7 @@ class Residency:
         """Start onnxruntime (once) and hand freed memory back, so that neither counts for
         the load measured next (blocking)."""
         if not self._runtime_started:
-            start_runtime()
+            start_runtime(cuda=bool(self.gpus.totals()) and CUDA in usable_providers())
             self._runtime_started = True
         release_free_memory()
 
