@@ -88,6 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await grpc_server.stop(FINAL_GRPC_SECONDS)
         if watcher is not None:
             await watcher.stop()
+        await app.state.residency.close()
         closing = len(registry.live())
         await registry.close()
         log.info("shut down: closed the sessions of %d model versions", closing)
@@ -133,6 +134,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.residency = residency
     app.state.installer = installer
     app.state.dataplane = dataplane
     app.state.server = state

@@ -232,12 +232,6 @@ def load_on_cpu(root: Path, model: onnx.ModelProto, **config: Any) -> ModelVersi
     )
 
 
-def sized_mlp(weight_bytes: int, seed: int = 0) -> onnx.ModelProto:
-    """An MLP ``x`` [N, k] -> ``y`` [N, 4] (hidden 256) whose weights take about
-    ``weight_bytes``; its activations stay small beside them."""
-    return mlp(max(1, weight_bytes // 1024), 256, 4, seed)
-
-
 def looping(trips: int | None = None, pad_bytes: int = 0, scale: float = 0.5) -> onnx.ModelProto:
     """``y`` = ``x`` [64, 64] passed through tanh(x @ scale I) again and again.
 

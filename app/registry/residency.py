@@ -306,6 +306,13 @@ class Residency:
             if not self._waiting[name]:
                 del self._waiting[name]
 
+    async def close(self) -> None:
+        """Stop the loads on demand in progress (at shutdown, before the registry closes)."""
+        flights = list(self._flights.values())
+        for flight in flights:
+            flight.cancel()
+        await asyncio.gather(*flights, return_exceptions=True)
+
     def _landed(self, key: FlightKey, flight: asyncio.Future[ModelVersion]) -> None:
         self._flights.pop(key, None)
         if not flight.cancelled():
