@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.metrics import FLUSH_SECONDS
 from bench import payloads
 from bench.load import Request, run_load, wrk_path
-from bench.memory import memory_section
+from bench.memory import NOT_MEASURED, memory_section
 from bench.models import REPOSITORY, RESNET_INPUT, RESNET_OUTPUT, WIDE_WIDTH, write_repository
 from bench.optimized import optimize_section, optimize_targets
 from bench.processes import CpuWatch, Process, bare_asgi, bare_grpc, onnx_serve
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                     workers_section(bench, server, mlp_repo, root)
         if "optimize" in wanted:
             optimize_section(bench, root)
-        memory = memory_section(root) if "memory" in wanted else []
+        memory = memory_section(root) if "memory" in wanted else NOT_MEASURED
     print(f"\n{len(bench.rows)} rows in {time.monotonic() - started:.0f} s\n")
     print_table(bench.rows)
     print()

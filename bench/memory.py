@@ -117,7 +117,12 @@ def _body(x: np.ndarray) -> dict[str, Any]:
                         "data": x.ravel().tolist()}]}  # fmt: skip
 
 
-def churn(root: Path) -> list[str]:
+def _mark(met: bool) -> str:
+    return "met " if met else "MISS"
+
+
+def churn(root: Path) -> tuple[list[str], list[str]]:
+    """The churn's report lines and its two targets."""
     cost = _measure_one(root)
     budget = int(cost * (FITS + 0.5))
     names = {f"m{i:02d}": i for i in range(MODELS)}
@@ -189,6 +194,16 @@ def churn(root: Path) -> list[str]:
     peak = max(result.rss_samples)
     allowed = baseline + budget + OVERHEAD_MIB * MIB
     demand = sum(counters["demand"].values())
+    clean = result.server_errors == 0 and result.wrong == 0 and matched and peak <= allowed
+    hot_kept = loads.get("hot", 0) == 1 and evictions.get("hot", 0) == 0
+    targets = [
+        f"  [{_mark(clean)}] 40 models, budget fits 8: {result.server_errors} 5xx, "
+        f"{result.wrong} wrong answers, counters match: {matched}, peak resident memory "
+        f"{'within' if peak <= allowed else 'OVER'} budget + idle + {OVERHEAD_MIB} MiB "
+        f"({(peak - baseline - budget) / MIB:.1f} MiB used)",
+        f"  [{_mark(hot_kept)}] hot model never evicted while 40 others churn: loaded "
+        f"{loads.get('hot', 0):.0f}x, evicted {evictions.get('hot', 0):.0f}x",
+    ]
     return [
         f"  40 models, budget {budget / MIB:.1f} MiB (8.5 x {cost / MIB:.2f} MiB measured for "
         f"one), {CHURN_CLIENTS} clients at random + 1 on the hot model, {seconds:.0f} s:",
@@ -202,10 +217,11 @@ def churn(root: Path) -> list[str]:
         f"peak - idle - budget = {(peak - baseline - budget) / MIB:.1f} MiB "
         f"(stated overhead {OVERHEAD_MIB} MiB): {'within' if peak <= allowed else 'OVER'}",
         f"    hot model: loaded {loads.get('hot', 0):.0f}x, evicted {evictions.get('hot', 0):.0f}x",
-    ]
+    ], targets
 
 
-def cold_start(root: Path) -> list[str]:
+def cold_start(root: Path) -> tuple[list[str], list[str]]:
+    """The cold start's report line and its target."""
     repo = root / "memory-digits"
     shutil.copytree(ROOT / "models" / "digits", repo / "digits")
     config = (repo / "digits" / "config.json").read_text().rstrip()
@@ -239,18 +255,32 @@ def cold_start(root: Path) -> list[str]:
     load = statistics.median(in_process)
     http = statistics.median(cold)
     ratio = http / load
-    return [
+    line = (
         f"  digits cold start through HTTP: median {http * 1000:.1f} ms; its load in process "
-        f"{load * 1000:.1f} ms; ratio {ratio:.2f} (target <= 3): "
-        f"{'met' if ratio <= 3 else 'MISSED'}"
-    ]
+        f"{load * 1000:.1f} ms"
+    )
+    target = (
+        f"  [{_mark(ratio <= 3)}] digits cold start through HTTP <= 3x its load in process: "
+        f"{ratio:.2f}x"
+    )
+    return [line], [target]
+
+
+#: The targets' lines when the section did not run.
+NOT_MEASURED = [
+    "  [ -- ] 40 models, budget fits 8: not measured",
+    "  [ -- ] digits cold start through HTTP <= 3x its load in process: not measured",
+    "  [ -- ] hot model never evicted while 40 others churn: not measured",
+]
 
 
 def memory_section(root: Path) -> list[str]:
-    """Run both measurements; returns the lines of the report."""
-    lines = ["memory budget and loads on demand:"]
-    lines += cold_start(root)
-    lines += churn(root)
+    """Run both measurements, print their report; returns the targets, met or missed."""
+    print("memory budget and loads on demand:", flush=True)
+    lines, cold_target = cold_start(root)
     for line in lines:
         print(line, flush=True)
-    return lines
+    lines, churn_targets = churn(root)
+    for line in lines:
+        print(line, flush=True)
+    return [churn_targets[0], *cold_target, churn_targets[1]]
