@@ -190,9 +190,11 @@ class ModelRegistry:
                         self._status[name] = {
                             "": VersionStatus(name, "", ModelState.UNAVAILABLE, exc.message)
                         }
+                        self._standby.pop(name, None)
                 raise
             if not versions:
                 self._record_failures(name, {""})
+                self._standby.pop(name, None)
                 self._status[name] = {
                     "": VersionStatus(name, "", ModelState.UNAVAILABLE, "no versions on disk")
                 }
@@ -223,7 +225,10 @@ class ModelRegistry:
                     statuses[str(v)] = VersionStatus(name, str(v), ModelState.AVAILABLE, ON_DEMAND)
                     if v in old:
                         new[v] = old[v]
-                        statuses[str(v)] = VersionStatus(name, str(v), ModelState.READY)
+                        statuses[str(v)] = VersionStatus(
+                            name, str(v), ModelState.READY,
+                            f"reload failed, the previous load keeps serving: {exc.message}",
+                        )  # fmt: skip
                     else:
                         standby.add(v)
                     continue

@@ -29,7 +29,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from functools import partial
 
-from app.errors import LoadTimeout, MemoryBudgetExceeded
+from app.errors import (
+    LoadTimeout,
+    MemoryBudgetExceeded,
+    ModelNotFound,
+    ModelNotReady,
+    ServingError,
+)
 from app.metrics import Metrics
 from app.registry.budget import MemoryLedger, VersionFiles, device_name, mib
 from app.registry.config import ModelConfig
@@ -301,6 +307,11 @@ class Residency:
                 f"model '{name}' was loading on demand and was not ready within the request's "
                 f"timeout of {timeout} us; it goes on loading: retry"
             ) from None
+        except (MemoryBudgetExceeded, ModelNotFound, ModelNotReady):
+            raise
+        except ServingError as exc:
+            # The model's fault (an invalid file, say), not the request's.
+            raise ModelNotReady(f"model '{name}' could not be loaded: {exc.message}") from None
         finally:
             self._waiting[name] -= 1
             if not self._waiting[name]:

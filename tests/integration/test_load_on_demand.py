@@ -35,6 +35,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(root, "two", mlp(seed=6), version=1)
     write_model(root, "two", mlp(seed=7), version=2)
     (root / "two" / "config.json").write_text('{"version_policy": {"policy": "all"}}')
+    write_model(root, "broken", b"not an onnx model")
     return root
 
 
@@ -113,6 +114,22 @@ def test_the_first_request_of_each_route_loads_the_model(a: httpx.Client) -> Non
     assert meta.json()["memory"]["host_bytes"] > 0
     assert meta.json()["residency"]["loaded_by"] == "demand"
     assert states(a)[("m3", "1")] == "READY"
+
+
+def test_a_model_that_fails_to_load_is_unavailable_and_the_others_serve(
+    a: httpx.Client,
+) -> None:
+    assert states(a)[("broken", "1")] == "AVAILABLE"
+    first = infer(a, "broken")
+    assert first.status_code == 503, first.text
+    assert "could not be loaded" in first.json()["error"]
+    assert first.headers["x-cold-start"] == "true"
+    assert states(a)[("broken", "1")] == "UNAVAILABLE"
+    again = infer(a, "broken")
+    assert again.status_code == 503 and "unavailable" in again.json()["error"], again.text
+    assert "x-cold-start" not in again.headers
+    assert a.get("/v2/models/broken/ready").status_code == 503
+    np.testing.assert_allclose(output(infer(a, "m0"))[1], reference(0), rtol=1e-5)
 
 
 def test_versions_load_one_at_a_time(
