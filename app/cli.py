@@ -26,6 +26,8 @@ SERVE_FLAGS = {
     "workers": "workers",
     "log_level": "log_level",
     "log_format": "log_format",
+    "memory_budget": "memory_budget",
+    "load_on_demand": "load_on_demand",
 }
 
 
@@ -93,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (default: 1)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["text", "json"], help="log lines (default: text)")
+    serve.add_argument(
+        "--memory-budget",
+        help="memory the loaded models may take: bytes (K, M, G, Ki, Mi, Gi) or a percentage "
+        "of the container's memory limit (default: no budget)",
+    )
+    serve.add_argument(
+        "--load-on-demand",
+        action="store_true",
+        default=None,
+        help="load models whose config.json sets no 'load' on their first request",
+    )
     serve.set_defaults(func=_serve)
     check = commands.add_parser(
         "check", help="validate a model file offline and print its signature or the reason"

@@ -104,6 +104,24 @@ class ModelNotReady(ServingError):
     reason = "not_ready"
 
 
+class ModelNotLoaded(ModelNotReady):
+    """A known model (or version) that loads on demand and is not loaded now.
+
+    The data plane answers it by loading the model; it reaches a client only from a call
+    that does not load models (its message then says so).
+    """
+
+    reason = "not_loaded"
+
+
+class MemoryBudgetExceeded(ServingError):
+    """A load that the memory budget cannot hold, even after evicting what can be evicted."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    grpc_status = "UNAVAILABLE"
+    reason = "memory_budget"
+
+
 class ShuttingDown(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     grpc_status = "UNAVAILABLE"
@@ -114,6 +132,12 @@ class QueueTimeout(ServingError):
     status = HTTPStatus.GATEWAY_TIMEOUT
     grpc_status = "DEADLINE_EXCEEDED"
     reason = "timeout"
+
+
+class LoadTimeout(QueueTimeout):
+    """A request's timeout ran out while the model it asked for was loading on demand."""
+
+    reason = "load_timeout"
 
 
 class InferenceFailed(ServingError):

@@ -33,6 +33,7 @@ from app.registry.cuda_libraries import preload_cuda_libraries
 from app.registry.installer import ModelInstaller
 from app.registry.registry import ModelRegistry
 from app.registry.repository import open_repository
+from app.registry.residency import Residency
 from app.registry.watcher import RepositoryWatcher
 from app.settings import Settings
 
@@ -87,6 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await grpc_server.stop(FINAL_GRPC_SECONDS)
         if watcher is not None:
             await watcher.stop()
+        await app.state.residency.close()
         closing = len(registry.live())
         await registry.close()
         log.info("shut down: closed the sessions of %d model versions", closing)
@@ -114,8 +116,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             runner_for, metrics=metrics, default_timeout_us=settings.default_timeout_us
         ),
     )
+    residency = Residency(registry, settings, metrics)
+    registry.hooks = residency
     installer = ModelInstaller(registry)
-    dataplane = DataPlane(registry, installer, metrics, settings, state)
+    dataplane = DataPlane(registry, installer, metrics, settings, state, residency)
     metrics.requests_in_flight = lambda: state.inflight.count
 
     app = ServingApp(
@@ -130,6 +134,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.residency = residency
     app.state.installer = installer
     app.state.dataplane = dataplane
     app.state.server = state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +11,25 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
+
+_AMOUNT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(%|[KMGT]i?B?|B)?\s*", re.IGNORECASE)
+
+
+def parse_amount(text: str) -> tuple[float, bool]:
+    """A memory amount: (bytes, False), or (percent, True) for a value like ``'80%'``."""
+    found = _AMOUNT.fullmatch(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a number of bytes (K, M, G, Ki, Mi, Gi...) or a %")
+    number, unit = float(found[1]), (found[2] or "").upper()
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise ValueError(f"{text!r}: a percentage must be above 0 and at most 100")
+        return number, True
+    power = "KMGT".index(unit[0]) + 1 if unit[:1] in ("K", "M", "G", "T") else 0
+    scale = (1024 if "I" in unit else 1000) ** power
+    if number * scale < 1:
+        raise ValueError(f"{text!r}: the amount must be at least one byte")
+    return number * scale, False
 
 
 class Settings(BaseSettings):
@@ -104,6 +124,24 @@ class Settings(BaseSettings):
         30.0, ge=0.0, description="How long in-flight requests may finish after SIGTERM."
     )
 
+    memory_budget: str | None = Field(
+        None,
+        description="Resident memory the loaded model versions may take together: bytes "
+        "(suffixes K, M, G, Ki, Mi, Gi allowed) or a percentage of the container's memory "
+        "limit (cgroup; the machine's memory without one), shared by the workers. Loads over "
+        "it evict the least recently used idle, unpinned versions first. Unset: no budget.",
+    )
+    gpu_memory_budget: str | None = Field(
+        None,
+        description="Device memory the loaded model versions may take on each GPU: bytes or "
+        "a percentage of the device's memory, shared by the workers. Unset: no budget.",
+    )
+    load_on_demand: bool = Field(
+        False,
+        description="Load models whose config.json sets no 'load' on their first request "
+        "instead of at start (for large repositories).",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.management_api_key is not None and not self.management_api_key.get_secret_value():
@@ -114,4 +152,11 @@ class Settings(BaseSettings):
             raise ValueError("set either management_api_key or allow_open_management, not both")
         if self.max_upload_bytes < 1024:
             raise ValueError("max_upload_bytes is too small")
+        for name in ("memory_budget", "gpu_memory_budget"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_amount(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
         return self

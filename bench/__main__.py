@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.metrics import FLUSH_SECONDS
 from bench import payloads
 from bench.load import Request, run_load, wrk_path
+from bench.memory import NOT_MEASURED, memory_section
 from bench.models import REPOSITORY, RESNET_INPUT, RESNET_OUTPUT, WIDE_WIDTH, write_repository
 from bench.optimized import optimize_section, optimize_targets
 from bench.processes import CpuWatch, Process, bare_asgi, bare_grpc, onnx_serve
@@ -35,7 +36,7 @@ from bench.report import Row, machine, print_table, targets
 
 HOST = "127.0.0.1"
 Reference = Callable[[float], Row]
-SECTIONS = ("resnet", "wide", "mlp", "grpc", "workers", "optimize")
+SECTIONS = ("resnet", "wide", "mlp", "grpc", "workers", "optimize", "memory")
 
 
 class Bench:
@@ -398,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="onnx-serve-bench-") as tmp:
         root = Path(tmp)
         wanted = set(args.only or SECTIONS)
-        served = wanted - {"optimize"}
+        served = wanted - {"optimize", "memory"}
         if served:
             repo = root / "models"
             skip = {name for name in REPOSITORY if name.startswith("resnet")}
@@ -418,11 +419,13 @@ def main(argv: list[str] | None = None) -> int:
                     workers_section(bench, server, mlp_repo, root)
         if "optimize" in wanted:
             optimize_section(bench, root)
+        memory = memory_section(root) if "memory" in wanted else NOT_MEASURED
     print(f"\n{len(bench.rows)} rows in {time.monotonic() - started:.0f} s\n")
     print_table(bench.rows)
     print()
     print(targets(bench.rows))
     print("\n".join(optimize_targets(bench.rows)))
+    print("\n".join(memory))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in bench.rows], indent=1))
     return 0

@@ -57,9 +57,11 @@ def resnet50() -> onnx.ModelProto:
     return model
 
 
-def mlp(width: int = MLP_WIDTH, hidden: int = 64, classes: int = 8) -> onnx.ModelProto:
+def mlp(
+    width: int = MLP_WIDTH, hidden: int = 64, classes: int = 8, seed: int = 0
+) -> onnx.ModelProto:
     """``x`` [N, width] -> ``y`` [N, classes]: MatMul, Relu, MatMul with fixed random weights."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     w1 = (rng.standard_normal((width, hidden)) / np.sqrt(width)).astype(np.float32)
     w2 = (rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(np.float32)
     graph = helper.make_graph(

@@ -37,8 +37,11 @@ class Process:
         ready_path: str | None,
         log: Path,
         grpc_port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.command = command
+        #: Variables set for it beside this process's own.
+        self.env = env or {}
         self.port = port
         #: Where its gRPC server listens, if it has one.
         self.grpc_port = grpc_port
@@ -48,7 +51,7 @@ class Process:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 180.0) -> Process:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -105,14 +108,20 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def onnx_serve(models: Path, log: Path, workers: int = 1) -> Process:
+def onnx_serve(
+    models: Path,
+    log: Path,
+    workers: int = 1,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Process:
     port, grpc_port = free_port(), free_port()
     command = [
         sys.executable, "-m", "app.cli", "serve", "--models", str(models),
         "--port", str(port), "--grpc-port", str(grpc_port), "--workers", str(workers),
-        "--log-level", "warning",
+        "--log-level", "warning", *(args or []),
     ]  # fmt: skip
-    return Process(command, port, "/v2/health/ready", log, grpc_port)
+    return Process(command, port, "/v2/health/ready", log, grpc_port, env)
 
 
 def bare_grpc(answer: Path, log: Path, mode: str = "aio-uvloop") -> Process:

@@ -230,3 +230,48 @@ def load_on_cpu(root: Path, model: onnx.ModelProto, **config: Any) -> ModelVersi
         require_accelerator=False,
         cpu_quota=2,
     )
+
+
+def looping(trips: int | None = None, pad_bytes: int = 0, scale: float = 0.5) -> onnx.ModelProto:
+    """``y`` = ``x`` [64, 64] passed through tanh(x @ scale I) again and again.
+
+    With ``trips`` None the count is the INT64 input ``n`` (so a request can keep its session
+    busy for as long as it likes); else every run, the warm-up's included, makes ``trips``
+    rounds (a model slow to load). ``pad_bytes`` of unused weights make the file that large.
+    """
+    weight = numpy_helper.from_array(np.eye(64, dtype=np.float32) * scale, "w")
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Constant", [], ["w"], value=weight),
+            helper.make_node("MatMul", ["x_in", "w"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["x_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [64, 64]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, [64, 64]),
+        ],
+    )
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])]
+    initializers = []
+    if trips is None:
+        inputs.insert(0, helper.make_tensor_value_info("n", TensorProto.INT64, []))
+    else:
+        initializers.append(numpy_helper.from_array(np.array(trips, dtype=np.int64), "n"))
+    if pad_bytes:
+        pad = np.zeros(pad_bytes // 4, dtype=np.float32)
+        initializers.append(numpy_helper.from_array(pad, "pad"))
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "", "x"], ["y"], body=body)],
+        "looping",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
+        initializer=initializers,
+    )
+    return _model(graph)

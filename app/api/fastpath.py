@@ -32,6 +32,8 @@ from app.errors import ServingError
 from app.inference.context import RequestContext
 
 #: ``handler(request, context, **path_params)``
+#: Set on the answer of a request that waited for its model to load on demand.
+COLD_START_HEADER = "X-Cold-Start"
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -53,7 +55,11 @@ def _documented_endpoint(route: HotRoute) -> Callable[..., Awaitable[Response]]:
     """The endpoint FastAPI registers: same handler, path parameters in its signature."""
 
     async def endpoint(request: Request, **params: Any) -> Response:
-        return await route.handler(request, request_context(request), **params)
+        context = request_context(request)
+        response = await route.handler(request, context, **params)
+        if context.cold_start:
+            response.headers[COLD_START_HEADER] = "true"
+        return response
 
     _, _, convertors = compile_path(route.path)
     parameters = [
@@ -88,12 +94,15 @@ class PlainEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
+        context: RequestContext | None = None
         try:
-            context: RequestContext = request_context(request)
+            context = request_context(request)
             params: dict[str, Any] = scope["path_params"]
             response = await self.handler(request, context, **params)
         except ServingError as exc:
             response = await serving_error(request, exc)
+        if context is not None and context.cold_start:
+            response.headers[COLD_START_HEADER] = "true"
         await response(scope, receive, send)
 
 

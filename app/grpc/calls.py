@@ -27,6 +27,8 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 
 SERVICE = "inference.GRPCInferenceService"
 CODES = {code.name: code for code in grpc.StatusCode}
+#: Trailing metadata of a call that waited for its model to load on demand.
+COLD_START_KEY = "x-cold-start"
 
 
 def presented(metadata: Any) -> tuple[bytes | None, str | None]:
@@ -87,6 +89,7 @@ class Calls:
         state = self.state
         code = grpc.StatusCode.OK
         token = None
+        request: RequestContext | None = None
         try:
             request, refused = self.open(context, access)
             token = current_request_id.set(request.request_id)
@@ -98,12 +101,15 @@ class Calls:
                 return await body(request)
             state.inflight.enter()
             try:
-                return await body(request)
+                answer = await body(request)
             finally:
                 state.inflight.leave()
+            if request.cold_start:
+                context.set_trailing_metadata(((COLD_START_KEY, "true"),))
+            return answer
         except ServingError as exc:
             code = CODES[exc.grpc_status]
-            await abort(context, exc)
+            await abort(context, exc, cold_start=request is not None and request.cold_start)
             raise  # not reached: abort raises
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -119,10 +125,18 @@ class Calls:
                 current_request_id.reset(token)
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: ServingError) -> None:
-    """End the call with the error's status and message (and Retry-After when it has one)."""
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: ServingError, *, cold_start: bool = False
+) -> None:
+    """End the call with the error's status and message, and in trailing metadata its
+    Retry-After when it has one and whether it waited for its model to load."""
+    trailers = []
     if exc.retry_after is not None:
-        context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(exc.retry_after)))),))
+        trailers.append(("retry-after", str(max(1, math.ceil(exc.retry_after)))))
+    if cold_start:
+        trailers.append((COLD_START_KEY, "true"))
+    if trailers:
+        context.set_trailing_metadata(tuple(trailers))
     await context.abort(CODES[exc.grpc_status], exc.message)
 
 

@@ -180,7 +180,12 @@ def model_statistics(entries: list[dict[str, Any]]) -> service_pb2.ModelStatisti
     return json_format.ParseDict({"model_stats": entries}, response)
 
 
-def repository_index(entries: list[dict[str, str]]) -> service_pb2.RepositoryIndexResponse:
+def repository_index(entries: list[dict[str, Any]]) -> service_pb2.RepositoryIndexResponse:
+    """The index's entries (the message has no field for their memory)."""
+    index = service_pb2.RepositoryIndexResponse.ModelIndex
     return service_pb2.RepositoryIndexResponse(
-        models=[service_pb2.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
+        models=[
+            index(name=e["name"], version=e["version"], state=e["state"], reason=e["reason"])
+            for e in entries
+        ]
     )

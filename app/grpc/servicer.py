@@ -110,7 +110,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self, request: service_pb2.ModelMetadataRequest, context: Context
     ) -> service_pb2.ModelMetadataResponse:
         async def body(_: RequestContext) -> service_pb2.ModelMetadataResponse:
-            doc = self.dataplane.model_metadata(request.name, request.version or None)
+            doc = await self.dataplane.model_metadata(request.name, request.version or None)
             return codec.model_metadata(doc)
 
         return await self.calls.unary(context, "ModelMetadata", body)
@@ -120,7 +120,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     ) -> service_pb2.ModelConfigResponse:
         async def body(_: RequestContext) -> service_pb2.ModelConfigResponse:
             return codec.model_config(
-                self.dataplane.model_config(request.name, request.version or None)
+                await self.dataplane.model_config(request.name, request.version or None)
             )
 
         return await self.calls.unary(context, "ModelConfig", body)

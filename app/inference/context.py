@@ -28,3 +28,6 @@ class RequestContext:
     timeout_us: int | None = None
     #: Returns once the client has gone away (None: the front end cannot tell).
     disconnected: Disconnected | None = None
+    #: Set by the data plane when the request waited for its model to load (a cold start);
+    #: the front ends say so in a response header or trailing metadata.
+    cold_start: bool = False

@@ -9,13 +9,14 @@ never comes back up.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from app import __version__
-from app.errors import ModelNotReady
+from app.errors import ModelNotLoaded, ModelNotReady, ServingError
 from app.inference.access import AccessKeys
 from app.inference.context import RequestContext
 from app.inference.descriptions import model_config, model_metadata
@@ -25,12 +26,13 @@ from app.inference.validation import output_names, validate_inputs
 from app.metrics import Metrics, RequestObservation
 from app.protocol.limits import RequestLimits
 from app.protocol.v2 import InferRequest
-from app.registry.catalog import model_catalog
+from app.registry.catalog import model_catalog, repository_index
 from app.registry.installer import ModelInstaller
 from app.registry.load_parameters import load_from_parameters
 from app.registry.model import Feeds, ModelVersion
 from app.registry.registry import ModelRegistry
 from app.registry.repository import validate_name
+from app.registry.residency import Residency
 from app.settings import Settings
 
 #: The protocol extensions served (v2 ``GET /v2``, gRPC ServerMetadata).
@@ -41,6 +43,10 @@ EXTENSIONS = [
     "statistics",
     "parameters",
 ]
+
+#: Loads a cold start may wait for: a version evicted again between its load and the
+#: request's turn (memory very short) is loaded once more, then the request fails.
+COLD_START_LOADS = 2
 
 #: Turns the model a request is for into its decoded request (front ends decode what they
 #: can before the lookup; /predict and KServe v1 need the model's signature to decode).
@@ -58,26 +64,24 @@ def limits_from(settings: Settings) -> RequestLimits:
 
 
 class ServedRequest:
-    """``with ServedRequest(plane, name, version, context) as (model, observation):``
+    """``with ServedRequest(plane, model, context) as observation:``
 
-    Looks the model up, holds its pool (a swap retires it only after this request), and times
-    and counts everything done inside the block. A class rather than a generator-based
-    context manager: it is entered on every request.
+    Holds the model's pool (a swap or an eviction retires it only after this request), marks
+    it used, and times and counts everything done inside the block. A class rather than a
+    generator-based context manager: it is entered on every request.
     """
 
-    __slots__ = ("_plane", "_name", "_version", "_protocol", "_model", "_observation")
+    __slots__ = ("_plane", "_model", "_protocol", "_observation")
 
-    def __init__(
-        self, plane: DataPlane, name: str, version: str | None, context: RequestContext
-    ) -> None:
+    def __init__(self, plane: DataPlane, model: ModelVersion, context: RequestContext) -> None:
         self._plane = plane
-        self._name = name
-        self._version = version
+        self._model = model
         self._protocol = context.protocol
 
-    def __enter__(self) -> tuple[ModelVersion, RequestObservation]:
-        model = self._model = self._plane.registry.get(self._name, self._version)
+    def __enter__(self) -> RequestObservation:
+        model = self._model
         model.pool.hold()
+        model.used_at = time.monotonic()
         try:
             metrics = self._plane.metrics
             observation = metrics.request(model.name, str(model.version), self._protocol)
@@ -85,7 +89,7 @@ class ServedRequest:
         except BaseException:
             model.pool.release()
             raise
-        return model, observation
+        return observation
 
     def __exit__(
         self,
@@ -118,8 +122,11 @@ class DataPlane:
         metrics: Metrics,
         settings: Settings,
         state: ServerState,
+        residency: Residency,
     ) -> None:
         self.registry = registry
+        #: Loads models on demand for requests that find them unloaded.
+        self.residency = residency
         self.installer = installer
         self.metrics = metrics
         self.settings = settings
@@ -137,19 +144,30 @@ class DataPlane:
         return {"name": self.settings.server_name, "version": __version__, "extensions": EXTENSIONS}
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether a request would be served (a model that loads on demand is ready)."""
         return self.registry.is_ready(name, version)
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         """The live version asked for (404 or 503 when there is none)."""
         return self.registry.get(name, version)
 
-    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        model = self.registry.get(name, version)
+    async def loaded_model(
+        self, name: str, version: str | None, context: RequestContext | None = None
+    ) -> ModelVersion:
+        """The live version asked for, loaded first if it loads on demand (a cold start,
+        within the request's timeout, else the server's default)."""
+        try:
+            return self.registry.get(name, version)
+        except ModelNotLoaded:
+            return await self._cold_start(name, version, context)
+
+    async def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        model = await self.loaded_model(name, version)
         versions = [str(m.version) for m in self.registry.live() if m.name == model.name]
         return model_metadata(model, versions)
 
-    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
-        return model_config(self.registry.get(name, version))
+    async def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return model_config(await self.loaded_model(name, version))
 
     def statistics(
         self, name: str | None = None, version: str | None = None
@@ -158,10 +176,14 @@ class DataPlane:
         if not name:
             models = self.registry.live()
         elif not version:
-            self.registry.get(name)
+            if not self.registry.is_ready(name):
+                self.registry.get(name)  # the reason it is not served
             models = [m for m in self.registry.live() if m.name == name]
         else:
-            models = [self.registry.get(name, version)]
+            try:
+                models = [self.registry.get(name, version)]
+            except ModelNotLoaded:
+                models = []
         return [
             self.metrics.stats_for(m.name, str(m.version)).as_dict(m.name, str(m.version))
             for m in models
@@ -169,9 +191,10 @@ class DataPlane:
 
     # ---- repository --------------------------------------------------------------------------
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        """Every model in the repository or the registry, with its state and reason."""
-        entries = [status.as_dict() for status in self.registry.index()]
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Every model in the repository or the registry, with its state and reason (and
+        the memory of a loaded version)."""
+        entries = repository_index(self.registry)
         if ready_only:
             entries = [e for e in entries if e["state"] == "READY"]
         return entries
@@ -214,14 +237,41 @@ class DataPlane:
         observation.ran(queued, computed)
         return results
 
+    async def _cold_start(
+        self, name: str, version: str | None, context: RequestContext | None
+    ) -> ModelVersion:
+        """Wait for the model's load on demand, then look it up (the caller holds its pool
+        before anything else runs: a version just loaded is not evicted before that)."""
+        timeout_us = context.timeout_us if context is not None else None
+        if context is not None:
+            context.cold_start = True
+        try:
+            for _ in range(COLD_START_LOADS):
+                await self.residency.load_on_demand(name, version, timeout_us)
+                try:
+                    return self.registry.get(name, version)
+                except ModelNotLoaded:
+                    continue
+            raise ModelNotReady(f"model '{name}' was evicted again as soon as it loaded; retry")
+        except ServingError as exc:
+            if context is not None:
+                failures = self.metrics.request_failure
+                failures.labels(name, version or "", context.protocol, exc.reason).inc()
+            raise
+
     async def infer(
         self, name: str, version: str | None, decode: Decoder, context: RequestContext
     ) -> InferenceResult:
         """Decode, validate and run one request on the model's runner.
 
-        The request's own ``timeout`` (microseconds) replaces the front end's in ``context``.
+        The request's own ``timeout`` (microseconds) replaces the front end's in ``context``
+        once the model is loaded.
         """
-        with ServedRequest(self, name, version, context) as (model, observation):
+        try:
+            model = self.registry.get(name, version)
+        except ModelNotLoaded:
+            model = await self._cold_start(name, version, context)
+        with ServedRequest(self, model, context) as observation:
             request = decode(model)
             if request.timeout_us is not None:
                 context.timeout_us = request.timeout_us
@@ -239,7 +289,11 @@ class DataPlane:
         context: RequestContext,
     ) -> dict[str, Any]:
         """Decode and preprocess images off the event loop, run them as one batch, label."""
-        with ServedRequest(self, name, version, context) as (model, observation):
+        try:
+            model = self.registry.get(name, version)
+        except ModelNotLoaded:
+            model = await self._cold_start(name, version, context)
+        with ServedRequest(self, model, context) as observation:
             call = image_call(model, len(images), options)
             tensor = await asyncio.to_thread(
                 prepare, images, call.pre, self.settings.max_image_pixels, options.invert

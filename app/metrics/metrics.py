@@ -8,6 +8,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from app.metrics.collectors import RuntimeCollector, exposition
+from app.metrics.residency import ResidencyMetrics
 from app.metrics.series import (
     BATCH_BUCKETS,
     LATENCY_BUCKETS,
@@ -143,6 +144,9 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+
+        #: Loads by reason, evictions, memory per version and the budgets (app/registry).
+        self.residency = ResidencyMetrics(r)
 
     def request(self, model: str, version: str, protocol: str) -> RequestObservation:
         """Time one request to a known model (``with``); count its success or failure reason."""

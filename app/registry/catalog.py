@@ -7,9 +7,28 @@ from typing import Any
 from app.errors import ServingError
 from app.optimize.report import REPORT_FILE, read_report, summary
 from app.registry.model import ModelVersion
-from app.registry.registry import ModelRegistry, ModelState
+from app.registry.registry import ON_DEMAND, ModelRegistry, ModelState
 
 NOT_SELECTED = "on disk, not selected by the model's version policy"
+
+
+def repository_index(registry: ModelRegistry) -> list[dict[str, Any]]:
+    """The repository index: every version's state and reason, and what a loaded one takes
+    in memory."""
+    live = {(m.name, str(m.version)): m for m in registry.live()}
+    entries: list[dict[str, Any]] = []
+    for status in registry.index():
+        entry: dict[str, Any] = status.as_dict()
+        _add_memory(entry, live.get((status.name, status.version)))
+        entries.append(entry)
+    return entries
+
+
+def _add_memory(entry: dict[str, Any], model: ModelVersion | None) -> None:
+    if model is not None and entry["state"] == ModelState.READY.value:
+        memory = model.extras.get("memory")
+        if memory is not None:
+            entry["memory"] = memory
 
 
 def model_catalog(registry: ModelRegistry) -> list[dict[str, Any]]:
@@ -40,7 +59,9 @@ def model_catalog(registry: ModelRegistry) -> list[dict[str, Any]]:
         for entry in versions:
             entry["on_disk"] = entry["version"] in on_disk
             del entry["name"]
-            report = _optimization(registry, live.get((name, entry["version"])), name, entry)
+            model = live.get((name, entry["version"]))
+            _add_memory(entry, model)
+            report = _optimization(registry, model, name, entry)
             if report is not None:
                 entry["optimization"] = summary(report)
         states = {v["state"] for v in versions}
@@ -50,6 +71,8 @@ def model_catalog(registry: ModelRegistry) -> list[dict[str, Any]]:
             state, reason = model_level["state"], model_level["reason"]
         elif ModelState.LOADING.value in states:
             state, reason = ModelState.LOADING.value, ""
+        elif ModelState.AVAILABLE.value in states:
+            state, reason = ModelState.AVAILABLE.value, ON_DEMAND
         elif ModelState.UNAVAILABLE.value in states:
             state = ModelState.UNAVAILABLE.value
             reason = next(v["reason"] for v in versions if v["state"] == state)

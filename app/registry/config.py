@@ -239,3 +239,12 @@ class ModelConfig(_Strict):
     optimize: OptimizeConfig | None = Field(
         None, description="Optimise every version at load (see docs/optimization.md)."
     )
+    load: Literal["startup", "on_demand"] | None = Field(
+        None,
+        description="'startup': loaded when the server starts; 'on_demand': loaded by its "
+        "first request (and again after an eviction); default: the server's "
+        "LOAD_ON_DEMAND setting.",
+    )
+    pinned: bool = Field(
+        False, description="Never evicted to make room for other models under a memory budget."
+    )

@@ -29,6 +29,7 @@ from app.errors import (
 from app.optimize.uploads import optimize_staged
 from app.registry.atomic_files import Undo, fsync_dir, keep_copy, link_new, write_durably
 from app.registry.config import ModelConfig, OptimizeConfig
+from app.registry.hooks import LoadReason
 from app.registry.model import ModelVersion
 from app.registry.registry import ModelRegistry, ModelState
 from app.registry.repository import (
@@ -278,7 +279,7 @@ class ModelInstaller:
         selected = self.repository.select_versions(name, config.version_policy)
         must_load = selected if new_config else [v for v in placed if v in selected]
         try:
-            await self.registry.load(name)
+            await self.registry.load(name, LoadReason.UPLOAD)
         except ServingError as exc:
             message = exc.message
         else:
@@ -408,11 +409,11 @@ class ModelInstaller:
                 raise Conflict("this version is the repository itself and cannot be deleted")
             if not (directory / MODEL_FILE).is_file() or directory.is_symlink():
                 raise ModelNotFound(f"model '{name}' has no version {number}")
-            was_live = bool(self._live_versions(name))
+            was_served = self.registry.serves(name)
             async with self.stage() as stage:
                 await asyncio.to_thread(self._move_out, directory, stage.path("removed"))
                 remaining = self.repository.versions(name)
-                if was_live and remaining:
+                if was_served and remaining:
                     try:
                         await self.registry.load(name)
                     except ServingError as exc:

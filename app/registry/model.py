@@ -112,6 +112,8 @@ class ModelVersion:
     extras: dict[str, object] = field(default_factory=dict)
     #: What runs requests on ``pool``: set by the registry's runner factory once loaded.
     runner: Runner | None = None
+    #: ``time.monotonic()`` of its last request (or its load): least recently used goes first.
+    used_at: float = 0.0
 
     @property
     def provider(self) -> str:

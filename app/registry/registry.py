@@ -7,11 +7,20 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import NoReturn
 
-from app.errors import ModelNotFound, ModelNotReady, ServingError
+from app.errors import (
+    MemoryBudgetExceeded,
+    ModelNotFound,
+    ModelNotLoaded,
+    ModelNotReady,
+    ServingError,
+)
 from app.metrics import Metrics
 from app.optimize.loading import load_served_version, optimization_labels
+from app.registry.config import ModelConfig
+from app.registry.hooks import LoadReason, NoHooks, RegistryHooks
 from app.registry.model import ModelVersion, Runner
 from app.registry.providers import cpu_quota
 from app.registry.repository import ModelRepository, parse_version, validate_name
@@ -25,6 +34,12 @@ class ModelState(StrEnum):
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
     UNLOADED = "UNLOADED"
+    #: Not loaded, and loads on its next request (on demand, or evicted).
+    AVAILABLE = "AVAILABLE"
+
+
+#: The reason an AVAILABLE version gives in the repository index.
+ON_DEMAND = "loads on its first request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +81,10 @@ class ModelRegistry:
         # Versions whose last load failed, by model ("" for the model's own config).
         self._failed: dict[str, set[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Versions known and selected but not loaded: they load on their next request.
+        self._standby: dict[str, set[int]] = {}
+        #: The residency policy (``app.registry.residency``), consulted at loads and unloads.
+        self.hooks: RegistryHooks = NoHooks()
 
     # ---- lookups (on the event loop, no awaits) -------------------------------------------
 
@@ -75,7 +94,11 @@ class ModelRegistry:
         if not versions:
             self._raise_missing(name, version)
         if version is None or version == "":
-            return versions[max(versions)]
+            newest = max(versions)
+            standby = self._standby.get(name)
+            if standby and max(standby) > newest:
+                raise ModelNotLoaded(f"model '{name}' version {max(standby)} is not loaded")
+            return versions[newest]
         number = parse_version(version)
         found = versions.get(number)
         if found is None:
@@ -88,6 +111,10 @@ class ModelRegistry:
         if status is None and version is None and statuses:
             status = next(iter(statuses.values()))
         label = f"model '{name}'" + (f" version {version}" if version is not None else "")
+        standby = self._standby.get(name)
+        if standby and (not version or str(version) in {str(v) for v in standby}):
+            # Standing by, or loading on demand: the request waits for that load.
+            raise ModelNotLoaded(f"{label} is not loaded; it loads on an inference request")
         if status is not None and status.state == ModelState.LOADING:
             raise ModelNotReady(f"{label} is loading")
         if status is not None and status.state == ModelState.UNAVAILABLE:
@@ -101,11 +128,18 @@ class ModelRegistry:
         return [self._live[n][v] for n in sorted(self._live) for v in sorted(self._live[n])]
 
     def is_ready(self, name: str, version: str | int | None = None) -> bool:
+        """Whether a request would be served: the version is live, or loads on demand."""
         try:
             self.get(name, version)
+        except ModelNotLoaded:
+            return True
         except ServingError:
             return False
         return True
+
+    def serves(self, name: str) -> bool:
+        """Whether some version of ``name`` is live or waits to load on demand."""
+        return bool(self._live.get(name) or self._standby.get(name))
 
     def index(self) -> list[VersionStatus]:
         """Every model in the repository or the registry, with its state and reason."""
@@ -131,13 +165,16 @@ class ModelRegistry:
         """Load every model in the repository; failures are recorded, never raised."""
         for name in self.repository.model_names():
             try:
-                await self.load(name)
+                await self.load(name, LoadReason.STARTUP)
             except ServingError as exc:
                 log.error("model %s failed to load: %s", name, exc.message)
 
-    async def load(self, name: str) -> list[ModelVersion]:
+    async def load(self, name: str, reason: LoadReason = LoadReason.RELOAD) -> list[ModelVersion]:
         """(Re)load the versions of ``name`` its policy selects; the old ones serve until the
-        new ones are ready, and a version that fails keeps its previous pool if it had one."""
+        new ones are ready, and a version that fails keeps its previous pool if it had one.
+
+        Selected versions that the residency policy defers wait, AVAILABLE, for a request.
+        """
         validate_name(name)
         async with self._lock(name):
             try:
@@ -153,34 +190,48 @@ class ModelRegistry:
                         self._status[name] = {
                             "": VersionStatus(name, "", ModelState.UNAVAILABLE, exc.message)
                         }
+                        self._standby.pop(name, None)
                 raise
             if not versions:
                 self._record_failures(name, {""})
+                self._standby.pop(name, None)
                 self._status[name] = {
                     "": VersionStatus(name, "", ModelState.UNAVAILABLE, "no versions on disk")
                 }
                 raise ModelNotFound(f"model '{name}' has no versions with a model.onnx")
             old = dict(self._live.get(name, {}))
-            statuses = {str(v): VersionStatus(name, str(v), ModelState.LOADING) for v in versions}
+            eager = self.hooks.eager_versions(config, reason, versions, old)
+            standby = {v for v in versions if v not in eager}
+            statuses = {str(v): VersionStatus(name, str(v), ModelState.LOADING) for v in eager}
+            statuses.update(
+                {
+                    str(v): VersionStatus(name, str(v), ModelState.AVAILABLE, ON_DEMAND)
+                    for v in standby
+                }
+            )
             self._status[name] = {**statuses}
             new: dict[int, ModelVersion] = {}
             errors: list[str] = []
             failures: list[ServingError] = []
             failed: set[str] = set()
-            for v in versions:
+            for v in eager:
                 try:
-                    model = await asyncio.to_thread(
-                        load_served_version,
-                        name,
-                        v,
-                        self.repository.model_file(name, v),
-                        config,
-                        model_dir=self.repository.model_dir(name),
-                        default_providers=self._settings.default_providers,
-                        require_accelerator=self._settings.require_accelerator,
-                        cpu_quota=self._cpu_quota,
-                        labels=labels,
-                    )
+                    model = await self._load_version(name, v, config, labels, reason)
+                except MemoryBudgetExceeded as exc:
+                    # No room now; a request may find some later.
+                    log.error("model %s v%d not loaded: %s", name, v, exc.message)
+                    errors.append(f"v{v}: {exc.message}")
+                    failures.append(exc)
+                    statuses[str(v)] = VersionStatus(name, str(v), ModelState.AVAILABLE, ON_DEMAND)
+                    if v in old:
+                        new[v] = old[v]
+                        statuses[str(v)] = VersionStatus(
+                            name, str(v), ModelState.READY,
+                            f"reload failed, the previous load keeps serving: {exc.message}",
+                        )  # fmt: skip
+                    else:
+                        standby.add(v)
+                    continue
                 except ServingError as exc:
                     log.error("model %s v%d failed to load: %s", name, v, exc.message)
                     errors.append(f"v{v}: {exc.message}")
@@ -196,24 +247,9 @@ class ModelRegistry:
                             f"reload failed, the previous load keeps serving: {exc.message}",
                         )  # fmt: skip
                     continue
-                if self._runner_factory is not None:
-                    model.runner = self._runner_factory(model)
                 new[v] = model
-                self._metrics.live_sessions.update(model.pool.sessions)
                 statuses[str(v)] = VersionStatus(name, str(v), ModelState.READY)
-                self._metrics.model_loaded(
-                    name,
-                    str(v),
-                    model.provider,
-                    model.load_seconds,
-                    ",".join(model.fallback) if model.fallback else None,
-                )
-                self._metrics.model_optimization(name, str(v), *optimization_labels(model), True)
-                log.info(
-                    "model %s v%d ready on %s in %.3fs",
-                    name, v, model.provider, model.load_seconds,
-                )  # fmt: skip
-            if not new and old:
+            if not new and old and eager:
                 # Nothing new loaded: the previous versions keep serving.
                 new = old
                 for v in old:
@@ -223,6 +259,7 @@ class ModelRegistry:
                 self._live[name] = new
             else:
                 self._live.pop(name, None)
+            self._set_standby(name, standby)
             retired = [m for v, m in old.items() if new.get(v) is not m]
             await self._retire(retired)
             self._record_failures(name, failed)
@@ -234,6 +271,114 @@ class ModelRegistry:
                 raise error
             return [new[v] for v in sorted(new)]
 
+    async def _load_version(
+        self,
+        name: str,
+        version: int,
+        config: ModelConfig,
+        labels: list[str] | None,
+        reason: LoadReason,
+    ) -> ModelVersion:
+        """Build one version's pool and runner (admitted and measured by the hooks)."""
+        load = partial(
+            load_served_version,
+            name,
+            version,
+            self.repository.model_file(name, version),
+            config,
+            model_dir=self.repository.model_dir(name),
+            default_providers=self._settings.default_providers,
+            require_accelerator=self._settings.require_accelerator,
+            cpu_quota=self._cpu_quota,
+            labels=labels,
+        )
+        async with self.hooks.loading(name, version, config, reason) as loading:
+            model = await asyncio.to_thread(loading.build, load)
+            await loading.loaded(model)
+        if self._runner_factory is not None:
+            model.runner = self._runner_factory(model)
+        self._metrics.live_sessions.update(model.pool.sessions)
+        self._metrics.model_loaded(
+            name,
+            str(version),
+            model.provider,
+            model.load_seconds,
+            ",".join(model.fallback) if model.fallback else None,
+        )
+        self._metrics.model_optimization(name, str(version), *optimization_labels(model), True)
+        log.info(
+            "model %s v%d ready on %s in %.3fs (%s)",
+            name, version, model.provider, model.load_seconds, reason.value,
+        )  # fmt: skip
+        return model
+
+    async def load_on_demand(self, name: str, version: int | None) -> ModelVersion:
+        """Load one AVAILABLE version (None: the newest) beside the live ones, unless it is
+        live already; a failure other than the memory budget makes it UNAVAILABLE."""
+        async with self._lock(name):
+            live = self._live.get(name, {})
+            standby = self._standby.get(name, set())
+            target = version if version is not None else max({*live, *standby}, default=None)
+            if target is not None and target in live:
+                return live[target]
+            if target is None or target not in standby:
+                self._raise_missing(name, version)
+            statuses = self._status.setdefault(name, {})
+            try:
+                config = self.repository.config(name)
+                labels = self.repository.labels(name)
+                statuses[str(target)] = VersionStatus(name, str(target), ModelState.LOADING)
+                model = await self._load_version(name, target, config, labels, LoadReason.DEMAND)
+            except MemoryBudgetExceeded:
+                statuses[str(target)] = VersionStatus(
+                    name, str(target), ModelState.AVAILABLE, ON_DEMAND
+                )
+                raise
+            except ServingError as exc:
+                log.error("model %s v%d failed to load: %s", name, target, exc.message)
+                statuses[str(target)] = VersionStatus(
+                    name, str(target), ModelState.UNAVAILABLE, exc.message
+                )
+                self._set_standby(name, standby - {target})
+                self._record_failures(name, self._failed.get(name, set()) | {str(target)})
+                raise
+            except BaseException:
+                statuses[str(target)] = VersionStatus(
+                    name, str(target), ModelState.AVAILABLE, ON_DEMAND
+                )
+                raise
+            self._live.setdefault(name, {})[target] = model
+            statuses[str(target)] = VersionStatus(name, str(target), ModelState.READY)
+            self._set_standby(name, standby - {target})
+            return model
+
+    async def evict(self, name: str, version: int) -> ModelVersion | None:
+        """Unload an idle live version to make room; it turns AVAILABLE. None (and nothing
+        done) when it is busy, gone, or its model is being loaded or changed."""
+        lock = self._lock(name)
+        if lock.locked():
+            return None
+        async with lock:
+            versions = self._live.get(name, {})
+            model = versions.get(version)
+            if model is None or model.pool.in_use:
+                return None
+            del versions[version]
+            if not versions:
+                self._live.pop(name, None)
+            self._status.setdefault(name, {})[str(version)] = VersionStatus(
+                name, str(version), ModelState.AVAILABLE, ON_DEMAND
+            )
+            self._set_standby(name, self._standby.get(name, set()) | {version})
+            await self._retire([model])
+            return model
+
+    def _set_standby(self, name: str, versions: set[int]) -> None:
+        if versions:
+            self._standby[name] = versions
+        else:
+            self._standby.pop(name, None)
+
     async def unload(self, name: str, version: int | None = None) -> None:
         """Stop serving ``name`` (or one version); in-flight requests finish first."""
         validate_name(name)
@@ -241,8 +386,10 @@ class ModelRegistry:
             live = self._live.get(name, {})
             if not live and name not in self._status:
                 raise ModelNotFound(f"model '{name}' is not loaded")
-            targets = [version] if version is not None else list(live)
+            standby = self._standby.get(name, set())
+            targets = [version] if version is not None else [*live, *standby]
             retired = [live.pop(v) for v in targets if v in live]
+            self._set_standby(name, standby - set(targets))
             if not live:
                 self._live.pop(name, None)
             statuses = self._status.setdefault(name, {})
@@ -260,8 +407,10 @@ class ModelRegistry:
         """Drop a model's (or a version's) status after it left the disk."""
         if version is None:
             self._status.pop(name, None)
+            self._standby.pop(name, None)
         else:
             self._status.get(name, {}).pop(str(version), None)
+            self._set_standby(name, self._standby.get(name, set()) - {version})
         self._clear_failures(name, None if version is None else str(version))
 
     def _record_failures(self, name: str, failed: set[str]) -> None:
@@ -296,6 +445,7 @@ class ModelRegistry:
             await asyncio.to_thread(model.pool.retire, self._settings.shutdown_grace_seconds)
             if model.runner is not None:
                 await model.runner.close()
+            self.hooks.unloaded(model)
 
     async def close(self) -> None:
         """Retire every pool (waits for in-flight runs)."""

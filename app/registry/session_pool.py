@@ -248,6 +248,11 @@ class SessionPool:
         result, compute = self.run_blocking(feeds, outputs, options)
         return result, compute, started
 
+    @property
+    def in_use(self) -> int:
+        """Requests holding the pool and runs in it now (0: idle; read on the event loop)."""
+        return self._active
+
     def hold(self) -> None:
         """Count a request as in flight from lookup to response, so retiring waits for it."""
         self._enter()

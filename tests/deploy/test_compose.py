@@ -126,6 +126,8 @@ def test_dashboard_shows_what_operators_need() -> None:
         "onnx_serve_inflight_requests", "onnx_serve_queue_depth",
         "onnx_serve_model_ready", "onnx_serve_model_provider_fallback",
         "onnx_serve_model_load_failed",
+        "onnx_serve_model_memory_bytes", "onnx_serve_memory_budget_bytes",
+        "onnx_serve_model_loads_total", "onnx_serve_model_evictions_total",
     ):  # fmt: skip
         assert needed in exprs, needed
     ids = [p["id"] for p in dashboard["panels"]]
@@ -133,7 +135,9 @@ def test_dashboard_shows_what_operators_need() -> None:
     for panel in panels:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         for target in panel["targets"]:
-            per_process = panel["title"] in {"CPU", "Memory", "Threads and sessions"}
+            per_process = panel["title"] in {
+                "CPU", "Memory", "Threads and sessions", "Memory budget use",
+            }  # fmt: skip
             # A model that never loaded has no ready series, so the model variable (made from
             # those) cannot list it: the load-failure table shows every model.
             every_model = panel["title"] == "Load failures"

@@ -49,6 +49,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "grpc-probes": {"grpc": {"enabled": True, "probes": True}},
     "no-grpc": {"grpc": {"enabled": False, "probes": False}},
     "keys": {"apiKeys": {"management": "m-key", "inference": "i-key"}},
+    "memory-budget": {
+        "memoryBudget": {"enabled": True, "gpu": "80%"},
+        "settings": {"load_on_demand": True},
+    },
     "autoscaling": {
         "autoscaling": {"enabled": True, "inflightRequests": {"enabled": True}},
         "persistence": {"enabled": True, "existingClaim": "models-rwx"},
@@ -233,6 +237,20 @@ def test_replicas_refuse_a_read_write_once_volume(chart: helm.Chart) -> None:
     values = {"replicaCount": 2, "persistence": {"enabled": True}}
     with pytest.raises(helm.HelmError, match="ReadWriteMany"):
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_the_memory_budget_is_a_share_of_the_pod_memory_limit(chart: helm.Chart) -> None:
+    env = settings_env(render(chart, VALUE_SETS["memory-budget"]))
+    assert env["ONNX_SERVE_MEMORY_BUDGET"] == "75%"
+    assert env["ONNX_SERVE_GPU_MEMORY_BUDGET"] == "80%"
+    assert env["ONNX_SERVE_LOAD_ON_DEMAND"] == "true"
+    assert "ONNX_SERVE_MEMORY_BUDGET" not in settings_env(render(chart, {}))
+    fixed = {"memoryBudget": {"enabled": True, "bytes": "6Gi"}, "resources": {}}
+    assert settings_env(render(chart, fixed))["ONNX_SERVE_MEMORY_BUDGET"] == "6Gi"
+    # null removes the default limit (values merge into the defaults).
+    unlimited = {"memoryBudget": {"enabled": True}, "resources": {"limits": {"memory": None}}}
+    with pytest.raises(helm.HelmError, match="resources.limits.memory"):
+        chart.render(unlimited, name=RELEASE, namespace=NAMESPACE)
 
 
 def test_monitoring_resources_match_the_service_and_the_compose_stack(

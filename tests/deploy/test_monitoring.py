@@ -24,17 +24,20 @@ from onnx import TensorProto, helper
 
 from tests.conftest import SAMPLE_MODELS
 from tests.deploy.conftest import DOCKER, require_tool
-from tests.onnx_models import OPSET, identity, write_model
+from tests.onnx_models import OPSET, identity, looping, write_model
 from tests.server import RunningServer, free_port
 
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "onnx-serve.json"
 ALERTS = DOCKER / "prometheus" / "alerts.yml"
 COMPOSE_PROMETHEUS = DOCKER / "prometheus" / "prometheus.yml"
 MODELS = ("digits", "faulty", "fallback", "retired")
+# Loaded on demand, in turn: under the memory budget each evicts the other.
+COLD = ("cold_a", "cold_b")
 JOB = "onnx-serve"
 KEY = "monitoring-test-key"
 # What Grafana would put in place of its variables for this stack.
-VARIABLES = {"$__rate_interval": "5m", "$model": "|".join(MODELS), "$job": JOB}
+VARIABLES = {"$__rate_interval": "5m", "$model": "|".join(MODELS + COLD), "$job": JOB}
+MIB = 1 << 20
 THRESHOLD = re.compile(r"^(?P<signal>.*\S)\s*(?:>|<|==|!=|>=|<=)\s*[0-9.]+\s*$", re.DOTALL)
 
 
@@ -61,15 +64,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("monitoring") / "models"
     shutil.copytree(SAMPLE_MODELS / "digits", root / "digits")
     config = json.loads((root / "digits" / "config.json").read_text())
+    # Pinned: the cold models below evict each other, never these.
     config["dynamic_batching"] = {"max_queue_delay_us": 2000}
+    config["pinned"] = True
     (root / "digits" / "config.json").write_text(json.dumps(config))
-    write_model(root, "faulty", reshape_to_fours(), config={"warmup": {"enabled": False}})
+    pinned: dict[str, Any] = {"pinned": True}
+    write_model(root, "faulty", reshape_to_fours(), config={"warmup": {"enabled": False}, **pinned})
     # A config written for an AMD GPU, deployed on a machine without one.
-    write_model(root, "fallback", identity(), config={"providers": ["MIGraphXExecutionProvider"]})
-    write_model(root, "retired", identity())
+    write_model(
+        root, "fallback", identity(),
+        config={"providers": ["MIGraphXExecutionProvider"], **pinned},
+    )  # fmt: skip
+    write_model(root, "retired", identity(), config=pinned)
     # Not an ONNX model: its load fails (and nothing else).
     write_model(root, "broken", b"not a model")
-    with RunningServer(root, env={"ONNX_SERVE_MANAGEMENT_API_KEY": KEY}) as running:
+    # 24 MiB each (unused weights) in a 40 MiB budget: one at a time.
+    for name in COLD:
+        write_model(root, name, looping(1, 24 * MIB), config={"load": "on_demand"})
+    env = {"ONNX_SERVE_MANAGEMENT_API_KEY": KEY, "ONNX_SERVE_MEMORY_BUDGET": str(40 * MIB)}
+    with RunningServer(root, env=env) as running:
         yield running
 
 
@@ -162,6 +175,17 @@ def traffic(rounds: int) -> list[tuple[str, dict[str, Any], int]]:
     return jobs
 
 
+def cold_starts(url: str, rounds: int) -> None:
+    """Alternate requests to the two cold models: each loads on demand, evicting the other."""
+    body = {"inputs": [{"name": "x", "shape": [64, 64], "datatype": "FP32",
+                        "data": [0.5] * 4096}]}  # fmt: skip
+    for _ in range(rounds):
+        for name in COLD:
+            r = httpx.post(f"{url}/v2/models/{name}/infer", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-cold-start"] == "true"
+
+
 def send(url: str, jobs: list[tuple[str, dict[str, Any], int]]) -> None:
     """Send ``jobs`` from 8 threads at once, checking each answer's status."""
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -187,10 +211,13 @@ def prometheus(
         # bulk of the traffic makes every counter grow between two samples, so that rate()
         # and histogram_quantile() have something to say.
         send(server.url, traffic(rounds=1))
+        cold_starts(server.url, rounds=1)
         instance.until(
             lambda: instance.query('onnx_serve_request_failure_total{reason="bad_request"}')
         )
+        instance.until(lambda: instance.query("onnx_serve_model_evictions_total"))
         send(server.url, traffic(rounds=30))
+        cold_starts(server.url, rounds=2)
         r = httpx.post(
             f"{server.url}/v2/repository/models/retired/unload",
             headers={"Authorization": f"Bearer {KEY}"},

@@ -33,7 +33,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/v1/models/{model_name}", summary="KServe v1 model status", responses=ERRORS)
 async def status(dataplane: DataPlaneDep, model_name: str) -> Response:
-    dataplane.model(model_name)
+    if not dataplane.model_ready(model_name):
+        dataplane.model(model_name)  # raises the reason it is not served
     return json_response({"name": model_name, "ready": True})
 
 

@@ -11,7 +11,7 @@ from app.api.body import header, read_body
 from app.api.deps import DataPlaneDep
 from app.api.fastpath import HotRoute
 from app.api.responses import BytesResponse, error_response, json_response
-from app.errors import ServingError
+from app.errors import ModelNotLoaded, ServingError
 from app.inference.context import RequestContext
 from app.inference.dataplane import DataPlane
 from app.protocol import binary
@@ -68,7 +68,7 @@ async def stats(
 async def metadata(
     dataplane: DataPlaneDep, model_name: str, model_version: str | None = None
 ) -> Response:
-    return json_response(dataplane.model_metadata(model_name, model_version))
+    return json_response(await dataplane.model_metadata(model_name, model_version))
 
 
 @router.get("/v2/models/{model_name}/ready", summary="Is the model ready", responses=ERRORS)
@@ -82,6 +82,9 @@ async def ready(
 ) -> Response:
     try:
         model = dataplane.model(model_name, model_version)
+    except ModelNotLoaded:
+        # Loads on its first request: ready to serve.
+        return json_response({"name": model_name, "version": model_version or "", "ready": True})
     except ServingError as exc:
         return error_response(exc.message, exc.status)
     return json_response({"name": model.name, "version": str(model.version), "ready": True})
@@ -100,7 +103,7 @@ async def ready(
 async def config(
     dataplane: DataPlaneDep, model_name: str, model_version: str | None = None
 ) -> Response:
-    return json_response(dataplane.model_config(model_name, model_version))
+    return json_response(await dataplane.model_config(model_name, model_version))
 
 
 async def infer(

@@ -75,6 +75,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $settings "require_accelerator" .Values.gpu.requireAccelerator }}
 {{- end }}
 {{- end }}
+{{- with .Values.memoryBudget }}
+{{- if .enabled }}
+{{- if and (not (hasKey $settings "memory_budget")) .bytes }}
+{{- $_ := set $settings "memory_budget" (toString .bytes) }}
+{{- else if not (hasKey $settings "memory_budget") }}
+{{- if not (and $.Values.resources $.Values.resources.limits $.Values.resources.limits.memory) }}
+{{- fail "memoryBudget takes a share of the pod's memory limit: set resources.limits.memory, or memoryBudget.bytes" }}
+{{- end }}
+{{- $_ := set $settings "memory_budget" (printf "%v%%" .percent) }}
+{{- end }}
+{{- if and .gpu (not (hasKey $settings "gpu_memory_budget")) }}
+{{- $_ := set $settings "gpu_memory_budget" (toString .gpu) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $_ := set $settings "host" "0.0.0.0" }}
 {{- $_ := set $settings "port" 8000 }}
 {{- $_ := set $settings "grpc_port" (ternary 8001 0 .Values.grpc.enabled) }}
