@@ -210,8 +210,9 @@ async def answer(
     if name is None:
         raise BadRequest("'model' must name the model to run (a field, a key or ?model=)")
     dataplane: DataPlane = request.app.state.dataplane
-    body = await dataplane.classify_images(name, version, parsed.images, parsed.options, context)
-    return json_response(body)
+    return await dataplane.classify_images(
+        name, version, parsed.images, parsed.options, context, json_response
+    )
 
 
 async def predict_image(

@@ -14,7 +14,7 @@ from app.api.responses import json_response
 from app.api.routes import images
 from app.errors import BadRequest
 from app.inference.context import RequestContext
-from app.inference.dataplane import DataPlane
+from app.inference.dataplane import DataPlane, InferenceResult
 from app.inference.plain import named_inputs
 from app.protocol.schemas import (
     PREDICT_EXAMPLE,
@@ -59,7 +59,10 @@ async def predict(request: Request, context: RequestContext) -> Response:
         inputs, unbatched = named_inputs(model, doc["inputs"], dataplane.limits)
         return InferRequest(inputs, unbatched=unbatched)
 
-    result = await dataplane.infer(name, version, decode, context)
+    return await dataplane.infer(name, version, decode, context, _response)
+
+
+def _response(result: InferenceResult) -> Response:
     unbatched = result.request.unbatched
     outputs = {n: jsonable(a[0] if unbatched else a) for n, a in result.outputs.items()}
     model = result.model

@@ -13,7 +13,7 @@ from app.api.fastpath import HotRoute
 from app.api.responses import json_response
 from app.errors import BadRequest
 from app.inference.context import RequestContext
-from app.inference.dataplane import DataPlane
+from app.inference.dataplane import DataPlane, InferenceResult
 from app.inference.plain import instances_inputs, predictions
 from app.protocol.schemas import (
     V1_EXAMPLE,
@@ -49,7 +49,10 @@ async def predict(request: Request, context: RequestContext, model_name: str) ->
             raise BadRequest("'instances' is missing")
         return InferRequest(instances_inputs(model, doc["instances"], limits))
 
-    result = await dataplane.infer(model_name, None, decode, context)
+    return await dataplane.infer(model_name, None, decode, context, _response)
+
+
+def _response(result: InferenceResult) -> Response:
     return json_response({"predictions": predictions(result.model, result.outputs)})
 
 

@@ -13,7 +13,7 @@ from app.api.fastpath import HotRoute
 from app.api.responses import BytesResponse, error_response, json_response
 from app.errors import ServingError
 from app.inference.context import RequestContext
-from app.inference.dataplane import DataPlane
+from app.inference.dataplane import DataPlane, InferenceResult
 from app.protocol import binary
 from app.protocol.schemas import (
     V2_INFER_EXAMPLE,
@@ -114,12 +114,16 @@ async def infer(
     limits = dataplane.limits
     header_length = binary.parse_header_length(header(request, HEADER_LENGTH))
     body = await read_body(request, limits.max_request_bytes)
-    result = await dataplane.infer(
+    return await dataplane.infer(
         model_name,
         model_version,
         lambda _: parse_infer_request(body, header_length, limits),
         context,
+        _response,
     )
+
+
+def _response(result: InferenceResult) -> Response:
     model = result.model
     content, json_length = encode_infer_response(
         model.name, str(model.version), result.outputs, result.request
