@@ -16,8 +16,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from app import __version__
-from app.errors import ModelNotReady
+from app.errors import ModelNotReady, ServingError
 from app.inference.access import AccessKeys
+from app.inference.classification import classified
 from app.inference.context import Phases, RequestContext
 from app.inference.descriptions import model_config, model_metadata
 from app.inference.images import ImageOptions, image_answer, image_call, prepare
@@ -186,12 +187,20 @@ class DataPlane:
 
     async def load(self, name: str, parameters: dict[str, Any]) -> list[str]:
         """(Re)load a model, first installing the config and files its parameters carry;
-        returns the versions now live."""
-        name = validate_name(name)
-        limit = self.settings.max_upload_bytes
-        if await load_from_parameters(self.installer, name, parameters, limit) is None:
-            async with self.installer.lock(name):
-                await self.registry.load(name)
+        returns the versions now live. Every error says "failed to load", as Triton's do
+        (its clients and tools match on it)."""
+        try:
+            name = validate_name(name)
+            limit = self.settings.max_upload_bytes
+            if await load_from_parameters(self.installer, name, parameters, limit) is None:
+                async with self.installer.lock(name):
+                    await self.registry.load(name)
+        except ServingError as exc:
+            if exc.message.startswith("failed to load"):
+                raise
+            raise type(exc)(
+                f"failed to load '{name:.64}': {exc.message}", retry_after=exc.retry_after
+            ) from None
         return [str(m.version) for m in self.registry.live() if m.name == name]
 
     async def unload(self, name: str) -> None:
@@ -246,13 +255,15 @@ class DataPlane:
                 context.timeout_us = request.timeout_us
             rows = validate_inputs(model, request.inputs)
             names = output_names(model, request.output_names())
+            classes = request.classification
+
+            def answer(outputs: Feeds) -> Answer:
+                if classes:
+                    outputs = classified(model, outputs, classes)
+                return encode(InferenceResult(model, request, outputs))
+
             return await self._complete(
-                model,
-                observation,
-                context,
-                started,
-                (request.inputs, names, rows),
-                lambda outputs: encode(InferenceResult(model, request, outputs)),
+                model, observation, context, started, (request.inputs, names, rows), answer
             )
 
     async def classify_images(

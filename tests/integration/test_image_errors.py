@@ -172,7 +172,11 @@ def test_models_that_cannot_answer_images(client: httpx.Client) -> None:
             "'invert' must be true, false or auto",
         ),
         ({"image": b64(GOOD)}, 400, "'model' must name the model"),
-        ({"model": "nope", "image": b64(GOOD)}, 404, "model 'nope' is not served here"),
+        (
+            {"model": "nope", "image": b64(GOOD)},
+            404,
+            "Request for unknown model: 'nope' is not found",
+        ),
         (
             {"model": "digits", "images": [b64(GOOD)] * 65},
             400,
