@@ -173,9 +173,7 @@ def test_simple_http_string_infer_client(server: RunningServer) -> None:
         assert expected_sum[0][i] == int(output0_data[0][i])
         assert expected_diff[0][i] == int(output1_data[0][i])
 
-    null_char_data = np.array(["he\x00llo".encode() for _ in range(16)], dtype=np.object_).reshape(
-        [1, 16]
-    )
+    null_char_data = np.array([b"he\x00llo" for _ in range(16)], dtype=np.object_).reshape([1, 16])
     _identity_inference(client, null_char_data, True)
     _identity_inference(client, null_char_data, False)
     np_bytes_data = np.array([b"\x00\x01\x02\x03" for _ in range(16)], dtype=np.bytes_)
