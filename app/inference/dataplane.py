@@ -144,6 +144,10 @@ class DataPlane:
     def model_ready(self, name: str, version: str | None = None) -> bool:
         return self.registry.is_ready(name, version)
 
+    def model_names(self) -> list[str]:
+        """The names of the models with a live version, sorted."""
+        return sorted({m.name for m in self.registry.live()})
+
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         """The live version asked for (404 or 503 when there is none)."""
         return self.registry.get(name, version)

@@ -31,6 +31,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+@router.get("/v1/models", summary="KServe v1: the names of the models served")
+async def models(dataplane: DataPlaneDep) -> Response:
+    return json_response({"models": dataplane.model_names()})
+
+
 @router.get("/v1/models/{model_name}", summary="KServe v1 model status", responses=ERRORS)
 async def status(dataplane: DataPlaneDep, model_name: str) -> Response:
     dataplane.model(model_name)
