@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from app import __version__
 from app.api import errors, image_docs
 from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
+from app.api.head import HeadAsGet
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import console, health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
@@ -142,6 +143,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     if settings.repository_poll_seconds > 0:
         app.state.watcher = RepositoryWatcher(installer, settings.repository_poll_seconds)
         installer.on_change = app.state.watcher.refresh
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestContextMiddleware, state=state)
     errors.install(app)
     app.include_router(model_routes.router)

@@ -65,6 +65,19 @@ def is_upload(request: Request) -> bool:
     return kind == MULTIPART or kind.startswith("image/")
 
 
+def require_json(request: Request) -> None:
+    """415 unless the body is JSON: ``application/json``, a ``+json`` type, or unlabelled."""
+    kind = media_type(request)
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        hint = ""
+        if kind == "application/x-www-form-urlencoded":
+            hint = " (curl -d sends that type: add -H 'content-type: application/json')"
+        raise UnsupportedMediaType(
+            f"Content-Type {kind[:60]} is not accepted here{hint}: send application/json, "
+            "multipart/form-data or an image/* body"
+        )
+
+
 def is_image_document(doc: Mapping[str, Any]) -> bool:
     return "image" in doc or "images" in doc
 
@@ -225,6 +238,7 @@ async def predict_image(
     if is_upload(request):
         parsed = await read_upload(request)
     else:
+        require_json(request)
         dataplane: DataPlane = request.app.state.dataplane
         body = await read_body(request, dataplane.limits.max_request_bytes)
         doc = loads_object(body)

@@ -47,6 +47,7 @@ async def predict(request: Request, context: RequestContext) -> Response:
     dataplane: DataPlane = request.app.state.dataplane
     if images.is_upload(request):
         return await images.answer(request, context, await images.read_upload(request))
+    images.require_json(request)
     body = await read_body(request, dataplane.limits.max_request_bytes)
     doc = loads_object(body)
     if images.is_image_document(doc):
