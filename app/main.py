@@ -12,13 +12,13 @@ from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from app import __version__
-from app.api import errors, image_docs
+from app.api import errors
 from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
 from app.api.head import HeadAsGet
 from app.api.middleware import RequestContextMiddleware
+from app.api.openapi import build_openapi
 from app.api.routes import console, health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
 from app.api.routes import models as model_routes
@@ -29,7 +29,6 @@ from app.inference.lifecycle import ServerState
 from app.inference.runners import runner_for
 from app.log import configure_logging
 from app.metrics import Metrics, flush_periodically, multiprocess_dir
-from app.protocol.schemas import component_schemas
 from app.registry.cuda_libraries import preload_cuda_libraries
 from app.registry.installer import ModelInstaller
 from app.registry.registry import ModelRegistry
@@ -156,17 +155,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                component_schemas()
-            )
-            schema["components"]["schemas"].update(image_docs.component_schemas())
-            app.openapi_schema = schema
+            app.openapi_schema = build_openapi(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

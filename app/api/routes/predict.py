@@ -28,7 +28,7 @@ from app.protocol.v2 import InferRequest, loads_object
 from app.registry.model import ModelVersion
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 503, 504)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 503, 504)
 }
 
 

@@ -26,8 +26,9 @@ from app.protocol.v2 import InferRequest, loads_object
 from app.registry.model import ModelVersion
 
 router = APIRouter(tags=["v1"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 503, 504)
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 503)}
+PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 503, 504)
 }
 
 
@@ -68,7 +69,7 @@ HOT_ROUTES = [
         "KServe v1 predict (instances -> predictions)",
         tags=["v1"],
         response_model=V1PredictResponse,
-        responses=ERRORS,
+        responses=PREDICT_ERRORS,
         openapi_extra=request_body(V1PredictRequest, V1_EXAMPLE),
     )
 ]

@@ -28,8 +28,11 @@ from app.protocol.v2 import encode_infer_response, parse_infer_request
 router = APIRouter(tags=["v2"])
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 503, 504)
+#: What the metadata routes answer besides 200 (bad version, unknown model, not ready).
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 503)}
+#: What inference answers besides 200 (401: a key is needed, when the server has one).
+INFER_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 503, 504)
 }
 BINARY_BODY = {
     "application/octet-stream": {
@@ -138,7 +141,7 @@ def _response(result: InferenceResult) -> Response:
 _INFER: dict[str, Any] = {
     "tags": ["v2"],
     "response_model": InferenceResponse,
-    "responses": ERRORS,
+    "responses": INFER_ERRORS,
     "openapi_extra": request_body(InferenceRequest, V2_INFER_EXAMPLE, BINARY_BODY),
 }
 HOT_ROUTES = [
