@@ -35,6 +35,7 @@ from app.registry.registry import ModelRegistry
 from app.registry.repository import open_repository
 from app.registry.watcher import RepositoryWatcher
 from app.settings import Settings
+from app.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         closing = len(registry.live())
         await registry.close()
         log.info("shut down: closed the sessions of %d model versions", closing)
+        tracing: Tracing | None = app.state.tracing
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
         if flushing is not None:
             flushing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -99,9 +103,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
-    """Build a fresh app; models load when its lifespan starts."""
+def create_app(
+    settings: Settings, metrics: Metrics | None = None, tracing: Tracing | None = None
+) -> FastAPI:
+    """Build a fresh app; models load when its lifespan starts. ``tracing`` defaults to the
+    settings' OTLP export (None: off)."""
     metrics = metrics if metrics is not None else Metrics()
+    tracing = tracing if tracing is not None else Tracing.from_settings(settings)
     if settings.preload_cuda:
         preload_cuda_libraries()
     repo = open_repository(settings.model_repository, settings.model_name)
@@ -133,8 +141,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.installer = installer
     app.state.dataplane = dataplane
     app.state.server = state
+    app.state.tracing = tracing
     app.state.grpc = (
-        GrpcServer(dataplane, settings.host, settings.grpc_port, reuse_port=settings.workers > 1)
+        GrpcServer(
+            dataplane,
+            settings.host,
+            settings.grpc_port,
+            reuse_port=settings.workers > 1,
+            tracing=tracing,
+        )
         if settings.grpc_port
         else None
     )
@@ -143,7 +158,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         app.state.watcher = RepositoryWatcher(installer, settings.repository_poll_seconds)
         installer.on_change = app.state.watcher.refresh
     app.add_middleware(HeadAsGet)
-    app.add_middleware(RequestContextMiddleware, state=state)
+    front = partial(
+        RequestContextMiddleware, state=state, responses=metrics.http_responses, tracing=tracing
+    )
+    app.add_middleware(front)
     errors.install(app)
     app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, metrics_routes):
@@ -151,7 +169,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     hot = [*v2.HOT_ROUTES, *v1.HOT_ROUTES, *predict.HOT_ROUTES, *images.HOT_ROUTES]
     add_hot_routes(app.router, hot)
     app.include_router(console.router)
-    app.plain_routes = PlainRoutes(hot, partial(RequestContextMiddleware, state=state))
+    app.plain_routes = PlainRoutes(hot, front)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

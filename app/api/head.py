@@ -29,4 +29,7 @@ class HeadAsGet:
             await send(message)
 
         # A new scope: the server's own still says HEAD, so it sends no body either way.
-        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+        get = {**scope, "method": "GET"}
+        await self.app(get, receive, send_headers_only)
+        if "route" in get:
+            scope["route"] = get["route"]  # for the metrics and traces of the request

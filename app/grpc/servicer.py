@@ -21,6 +21,7 @@ from app.inference.context import GRPC, RequestContext
 from app.inference.dataplane import DataPlane, InferenceResult
 from app.inference.request_ids import request_id
 from app.log import current_request_id
+from app.tracing import Tracing
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 #: Requests of one stream served at once; the stream's next request waits for a free slot.
@@ -30,9 +31,9 @@ STREAM_CONCURRENCY = 64
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Every call decodes its message, calls the data plane and encodes the answer."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, tracing: Tracing | None = None) -> None:
         self.dataplane = dataplane
-        self.calls = Calls(dataplane)
+        self.calls = Calls(dataplane, tracing)
 
     # ---- health and metadata -------------------------------------------------------------
 
