@@ -223,7 +223,9 @@ def test_per_model_route_errors(client: httpx.Client) -> None:
     check(r, 400, "names model 'other' but the path 'digits'")
     check(client.post(path, json={"inputs": [[0.0]]}), 400, "send 'image' or 'images'")
     check(
-        client.post("/v2/models/nope/predict/image", json={"image": b64(GOOD)}), 404, "model 'nope'"
+        client.post("/v2/models/nope/predict/image", json={"image": b64(GOOD)}),
+        404,
+        "Request for unknown model: 'nope'",
     )
     check(
         client.post("/v2/models/digits/versions/9/predict/image", json={"image": b64(GOOD)}),
