@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -20,6 +20,9 @@ from app.log import ACCESS_LOGGER, current_request_id
 from app.tracing import TRACE_HEADERS, RequestSpan, Tracing
 
 T = TypeVar("T")
+#: Who may make a call: anyone (health, metadata, statistics, as over REST), holders of the
+#: inference key when one is set, or holders of the management key.
+Access = Literal["open", "inference", "management"]
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -55,17 +58,18 @@ class Calls:
         self.tracing = tracing
 
     def open(
-        self, context: grpc.aio.ServicerContext[Any, Any], *, management: bool = False
+        self, context: grpc.aio.ServicerContext[Any, Any], access: Access = "open"
     ) -> tuple[RequestContext, ServingError | None]:
         """The call's request context, and the error its key earns (None: it may go on)."""
         given_id, key = presented(context.invocation_metadata())
         request = RequestContext(request_id(given_id), GRPC)
-        access = self.dataplane.access
+        keys = self.dataplane.access
         try:
-            if management:
-                access.check_management(key)
-            elif not access.inference_open:
-                access.check_inference(key)
+            if access == "inference":
+                if not keys.inference_open:
+                    keys.check_inference(key)
+            elif access == "management":
+                keys.check_management(key)
         except ServingError as exc:
             return request, exc
         return request, None
@@ -76,18 +80,19 @@ class Calls:
         method: str,
         body: Callable[[RequestContext], Awaitable[T]],
         *,
-        management: bool = False,
+        access: Access = "open",
         counted: bool = True,
     ) -> T:
-        """``body(request_context)``, answered with its status; ``counted`` calls are
-        refused while the server drains and counted in flight until they end."""
+        """``body(request_context)``, answered with its status; ``access`` says which key
+        the call needs; ``counted`` calls are refused while the server drains and counted in
+        flight until they end."""
         started = time.perf_counter()
         state = self.state
         code = grpc.StatusCode.OK
         token = None
         span = None
         try:
-            request, refused = self.open(context, management=management)
+            request, refused = self.open(context, access)
             token = current_request_id.set(request.request_id)
             if self.tracing is not None:
                 span = request.trace = await self._span(context, method, request.request_id)

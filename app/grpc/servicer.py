@@ -1,14 +1,16 @@
 """``inference.GRPCInferenceService`` over the data plane: decode, call it, encode.
 
 Methods of the service this server does not offer (shared memory, trace and log settings)
-stay the generated base class's, which answer UNIMPLEMENTED.
+answer UNIMPLEMENTED, as calls like any other (the generated base class's would raise
+NotImplementedError, which grpc logs as a server error with its traceback).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, TypeAlias
 
 import grpc
@@ -26,6 +28,41 @@ from app.tracing import Tracing
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 #: Requests of one stream served at once; the stream's next request waits for a free slot.
 STREAM_CONCURRENCY = 64
+
+
+class NotOffered(ServingError):
+    """A method of the protocol's service that this server does not offer."""
+
+    status = HTTPStatus.NOT_IMPLEMENTED
+    grpc_status = "UNIMPLEMENTED"
+    reason = "not_implemented"
+
+
+def not_offered(
+    method: str, feature: str
+) -> Callable[[InferenceServicer, Any, Context], Awaitable[Any]]:
+    """A servicer method that answers UNIMPLEMENTED, saying which ``feature`` is missing."""
+
+    async def refuse(self: InferenceServicer, request: Any, context: Context) -> Any:
+        async def body(_: RequestContext) -> Any:
+            raise NotOffered(f"{feature} is not supported by this server")
+
+        return await self.calls.unary(context, method, body, counted=False)
+
+    refuse.__name__ = refuse.__qualname__ = method
+    return refuse
+
+
+def stream_error(
+    message: service_pb2.ModelInferRequest, error: ServingError
+) -> service_pb2.ModelStreamInferResponse:
+    """A stream's answer to a request that failed: the error, and whose request it was."""
+    return service_pb2.ModelStreamInferResponse(
+        error_message=error.message,
+        infer_response=service_pb2.ModelInferResponse(
+            model_name=message.model_name, model_version=message.model_version, id=message.id
+        ),
+    )
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -106,7 +143,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         async def body(_: RequestContext) -> service_pb2.RepositoryIndexResponse:
             return codec.repository_index(self.dataplane.repository_index(request.ready))
 
-        return await self.calls.unary(context, "RepositoryIndex", body, management=True)
+        return await self.calls.unary(context, "RepositoryIndex", body, access="management")
 
     async def RepositoryModelLoad(  # noqa: N802
         self, request: service_pb2.RepositoryModelLoadRequest, context: Context
@@ -116,7 +153,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await self.dataplane.load(request.model_name, parameters)
             return service_pb2.RepositoryModelLoadResponse()
 
-        return await self.calls.unary(context, "RepositoryModelLoad", body, management=True)
+        return await self.calls.unary(context, "RepositoryModelLoad", body, access="management")
 
     async def RepositoryModelUnload(  # noqa: N802
         self, request: service_pb2.RepositoryModelUnloadRequest, context: Context
@@ -125,7 +162,30 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await self.dataplane.unload(request.model_name)
             return service_pb2.RepositoryModelUnloadResponse()
 
-        return await self.calls.unary(context, "RepositoryModelUnload", body, management=True)
+        return await self.calls.unary(context, "RepositoryModelUnload", body, access="management")
+
+    # ---- not offered -----------------------------------------------------------------------
+
+    SystemSharedMemoryStatus = not_offered(
+        "SystemSharedMemoryStatus", "the system shared memory extension"
+    )
+    SystemSharedMemoryRegister = not_offered(
+        "SystemSharedMemoryRegister", "the system shared memory extension"
+    )
+    SystemSharedMemoryUnregister = not_offered(
+        "SystemSharedMemoryUnregister", "the system shared memory extension"
+    )
+    CudaSharedMemoryStatus = not_offered(
+        "CudaSharedMemoryStatus", "the CUDA shared memory extension"
+    )
+    CudaSharedMemoryRegister = not_offered(
+        "CudaSharedMemoryRegister", "the CUDA shared memory extension"
+    )
+    CudaSharedMemoryUnregister = not_offered(
+        "CudaSharedMemoryUnregister", "the CUDA shared memory extension"
+    )
+    TraceSetting = not_offered("TraceSetting", "the trace extension")
+    LogSettings = not_offered("LogSettings", "the logging extension")
 
     # ---- inference -------------------------------------------------------------------------
 
@@ -145,7 +205,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self, request: service_pb2.ModelInferRequest, context: Context
     ) -> service_pb2.ModelInferResponse:
         return await self.calls.unary(
-            context, "ModelInfer", lambda call: self._infer(request, call)
+            context, "ModelInfer", lambda call: self._infer(request, call), access="inference"
         )
 
     async def ModelStreamInfer(  # noqa: N802
@@ -153,7 +213,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         """A stream of independent requests; each answer (or its error) is sent as it is
         ready, so answers may come in another order than the requests (ids tell them apart)."""
-        _, refused = self.calls.open(context)
+        _, refused = self.calls.open(context, "inference")
         if refused is not None:
             await abort(context, refused)
             return
@@ -173,14 +233,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 )
             except ServingError as exc:
                 code = grpc.StatusCode[exc.grpc_status]
-                answer = service_pb2.ModelStreamInferResponse(
-                    error_message=exc.message,
-                    infer_response=service_pb2.ModelInferResponse(
-                        model_name=message.model_name,
-                        model_version=message.model_version,
-                        id=message.id,
-                    ),
-                )
+                answer = stream_error(message, exc)
             finally:
                 state.inflight.leave()
                 log_call(context, "ModelStreamInfer", code, started)
@@ -195,10 +248,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                     await slots.acquire()
                     if state.shutting_down:
                         slots.release()
-                        error = ShuttingDown("the server is shutting down")
-                        await answers.put(
-                            service_pb2.ModelStreamInferResponse(error_message=error.message)
+                        error = ShuttingDown(
+                            "the server is shutting down; retry on another instance"
                         )
+                        await answers.put(stream_error(message, error))
                         continue
                     task = asyncio.create_task(serve(message))
                     tasks.add(task)

@@ -9,6 +9,7 @@ model's run. Everything here runs on the event loop thread.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
 from types import TracebackType
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 
-from app.errors import ServingError
+from app.errors import ClientDisconnected, ServingError
 from app.metrics.statistics import Duration, RequestTotals
 
 if TYPE_CHECKING:
@@ -206,7 +207,14 @@ class RequestObservation:
         if exc is None:
             protocol.totals.success.add(elapsed)
         else:
-            reason = exc.reason if isinstance(exc, ServingError) else "internal"
+            if isinstance(exc, ServingError):
+                reason = exc.reason
+            elif isinstance(exc, asyncio.CancelledError):
+                # The front end cancelled the request because its client went away (a gRPC
+                # cancellation or deadline): no fault of the server's.
+                reason = ClientDisconnected.reason
+            else:
+                reason = "internal"
             failures = self._metrics.request_failure
             failures.labels(series.model, series.version, protocol.name, reason).inc()
             protocol.totals.fail.add(elapsed)

@@ -166,8 +166,10 @@ class SessionPool:
                 raise
             return result, started - submitted, compute
         except asyncio.CancelledError:
-            # The caller is gone (a cancelled gRPC call, say): a run that already started is
-            # stopped too, freeing its session (one not started was dropped with the future).
+            # The caller's task was cancelled (a gRPC client cancelled, or its deadline
+            # passed): nobody reads this run, so drop it if it waits, else stop it, and the
+            # session is free again.
+            work.cancel()
             options.terminate = True
             raise
         finally:

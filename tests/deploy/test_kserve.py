@@ -22,7 +22,7 @@ from app.errors import InvalidName, ModelNotFound
 from app.registry.repository import ModelRepository, SingleModelRepository, open_repository
 from tests.conftest import SAMPLE_MODELS, StartServer
 from tests.deploy.conftest import KSERVE
-from tests.deploy.test_images import held_digits
+from tests.deploy.digits import held_digits
 from tests.onnx_models import identity, write_model
 from tests.server import ServerProcess, free_port
 
