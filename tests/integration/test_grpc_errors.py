@@ -68,7 +68,8 @@ def test_unknown_models_and_versions_are_not_found(
     for what, call in calls.items():
         code, message = status(call)
         assert code == "NOT_FOUND", (what, message)
-        assert "is not served here" in message, what
+        assert message.startswith("Request for unknown model: '"), what
+        assert message.endswith("is not found"), what
     still_serving(client)
 
 
