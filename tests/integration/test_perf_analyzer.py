@@ -75,7 +75,7 @@ def test_perf_analyzer_runs_to_completion(
     assert len(SERVER_LINE.findall(output)) == len(CONCURRENCIES), output[-3000:]
     with open(report, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [int(row["Concurrency"]) for row in rows] == CONCURRENCIES
+    assert sorted(int(row["Concurrency"]) for row in rows) == CONCURRENCIES
     for row in rows:
         assert float(row["Inferences/Second"]) > 0
     # What perf_analyzer read: every answered request counted in each phase, with real times.
