@@ -12,24 +12,12 @@ import tempfile
 from collections.abc import Sequence
 from types import FrameType
 
+from pydantic import ValidationError
+
+from app import __version__
 from app.log import configure_logging
+from app.serve_flags import add_setting_flags, setting_variables
 from app.settings import Settings
-
-# Flags of `serve` and the settings they set (through the environment, so that every worker
-# process of a multi-worker server reads the same values).
-SERVE_FLAGS = {
-    "models": "model_repository",
-    "model_name": "model_name",
-    "host": "host",
-    "port": "port",
-    "grpc_port": "grpc_port",
-    "workers": "workers",
-    "log_level": "log_level",
-    "log_format": "log_format",
-    "memory_budget": "memory_budget",
-    "load_on_demand": "load_on_demand",
-}
-
 
 # Seconds uvicorn waits for connections after the app has drained before cancelling them.
 FINAL_CLOSE_SECONDS = 1
@@ -40,11 +28,20 @@ def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    for flag, field in SERVE_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            os.environ[f"ONNX_SERVE_{field.upper()}"] = str(value)
-    settings = Settings()
+    os.environ.update(setting_variables(args))
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"onnx-serve: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if not settings.model_repository.is_dir():
+        # A mistyped path would give a server that is ready with nothing to serve.
+        print(
+            f"onnx-serve: the model repository {settings.model_repository} is not a directory "
+            "(--models or ONNX_SERVE_MODEL_REPOSITORY); create it to start without models",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
     # uvicorn re-raises the signal that stopped it once its graceful shutdown is done (the
     # drain, see app/api/shutdown.py); by then the work is finished, so exit 0.
@@ -78,34 +75,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnx-serve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"onnx-serve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="start the HTTP server")
-    serve.add_argument("--models", help="model repository directory (default: models)")
-    serve.add_argument(
-        "--model-name",
-        "--model_name",
-        dest="model_name",
-        help="serve the repository root as this one model (KServe's /mnt/models layout)",
+    serve = commands.add_parser(
+        "serve",
+        help="start the HTTP (and gRPC) server",
+        description="Every setting is a flag here or an ONNX_SERVE_* environment variable "
+        "(a flag wins); see docs/configuration.md. Keys are better given as variables: "
+        "flags show in the process list.",
     )
-    serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="HTTP port to bind (default: 8000)")
-    serve.add_argument(
-        "--grpc-port", type=int, help="gRPC port to bind (default: 8001; 0 turns gRPC off)"
-    )
-    serve.add_argument("--workers", type=int, help="worker processes (default: 1)")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--log-format", choices=["text", "json"], help="log lines (default: text)")
-    serve.add_argument(
-        "--memory-budget",
-        help="memory the loaded models may take: bytes (K, M, G, Ki, Mi, Gi) or a percentage "
-        "of the container's memory limit (default: no budget)",
-    )
-    serve.add_argument(
-        "--load-on-demand",
-        action="store_true",
-        default=None,
-        help="load models whose config.json sets no 'load' on their first request",
-    )
+    add_setting_flags(serve)
     serve.set_defaults(func=_serve)
     check = commands.add_parser(
         "check", help="validate a model file offline and print its signature or the reason"

@@ -25,6 +25,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "current_request_id", default=None
 )
+#: The trace id of that request, when tracing is on (app/tracing.py); for log lines too.
+current_trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "current_trace_id", default=None
+)
 
 
 class RequestIdFilter(logging.Filter):
@@ -33,11 +37,14 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = current_request_id.get() or "-"
+        if not hasattr(record, "trace_id"):
+            record.trace_id = current_trace_id.get()
         return True
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message, request id, access fields."""
+    """One JSON object a line: time, level, logger, message, request id (and trace id when
+    tracing is on), access fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
@@ -47,6 +54,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is not None:
+            doc["trace_id"] = trace_id
         for name in ACCESS_FIELDS:
             value = getattr(record, name, None)
             if value is not None:

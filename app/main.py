@@ -12,12 +12,13 @@ from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from app import __version__
-from app.api import errors, image_docs
+from app.api import errors
 from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
+from app.api.head import HeadAsGet
 from app.api.middleware import RequestContextMiddleware
+from app.api.openapi import build_openapi
 from app.api.routes import console, health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
 from app.api.routes import models as model_routes
@@ -28,7 +29,6 @@ from app.inference.lifecycle import ServerState
 from app.inference.runners import runner_for
 from app.log import configure_logging
 from app.metrics import Metrics, flush_periodically, multiprocess_dir
-from app.protocol.schemas import component_schemas
 from app.registry.cuda_libraries import preload_cuda_libraries
 from app.registry.installer import ModelInstaller
 from app.registry.registry import ModelRegistry
@@ -36,6 +36,7 @@ from app.registry.repository import open_repository
 from app.registry.residency import Residency
 from app.registry.watcher import RepositoryWatcher
 from app.settings import Settings
+from app.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         closing = len(registry.live())
         await registry.close()
         log.info("shut down: closed the sessions of %d model versions", closing)
+        tracing: Tracing | None = app.state.tracing
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
         if flushing is not None:
             flushing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -101,9 +105,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
-    """Build a fresh app; models load when its lifespan starts."""
+def create_app(
+    settings: Settings, metrics: Metrics | None = None, tracing: Tracing | None = None
+) -> FastAPI:
+    """Build a fresh app; models load when its lifespan starts. ``tracing`` defaults to the
+    settings' OTLP export (None: off)."""
     metrics = metrics if metrics is not None else Metrics()
+    tracing = tracing if tracing is not None else Tracing.from_settings(settings)
     if settings.preload_cuda:
         preload_cuda_libraries()
     repo = open_repository(settings.model_repository, settings.model_name)
@@ -138,8 +146,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.installer = installer
     app.state.dataplane = dataplane
     app.state.server = state
+    app.state.tracing = tracing
     app.state.grpc = (
-        GrpcServer(dataplane, settings.host, settings.grpc_port, reuse_port=settings.workers > 1)
+        GrpcServer(
+            dataplane,
+            settings.host,
+            settings.grpc_port,
+            reuse_port=settings.workers > 1,
+            tracing=tracing,
+        )
         if settings.grpc_port
         else None
     )
@@ -147,7 +162,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     if settings.repository_poll_seconds > 0:
         app.state.watcher = RepositoryWatcher(installer, settings.repository_poll_seconds)
         installer.on_change = app.state.watcher.refresh
-    app.add_middleware(RequestContextMiddleware, state=state)
+    app.add_middleware(HeadAsGet)
+    front = partial(
+        RequestContextMiddleware, state=state, responses=metrics.http_responses, tracing=tracing
+    )
+    app.add_middleware(front)
     errors.install(app)
     app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, metrics_routes):
@@ -155,21 +174,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     hot = [*v2.HOT_ROUTES, *v1.HOT_ROUTES, *predict.HOT_ROUTES, *images.HOT_ROUTES]
     add_hot_routes(app.router, hot)
     app.include_router(console.router)
-    app.plain_routes = PlainRoutes(hot, partial(RequestContextMiddleware, state=state))
+    app.plain_routes = PlainRoutes(hot, front)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                component_schemas()
-            )
-            schema["components"]["schemas"].update(image_docs.component_schemas())
-            app.openapi_schema = schema
+            app.openapi_schema = build_openapi(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     repository_poll_seconds: float = Field(
         0.0, ge=0.0, description="Poll the repository for changes this often; 0 disables."
     )
+    otel_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP endpoint to export request traces to (a base URL; /v1/traces "
+        "is added); unset: the standard OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing. Needs "
+        "the tracing extra (pip install 'onnx-serve[tracing]').",
+    )
     shutdown_grace_seconds: float = Field(
         30.0, ge=0.0, description="How long in-flight requests may finish after SIGTERM."
     )

@@ -92,6 +92,51 @@ def mlp(inputs: int = 16, hidden: int = 32, outputs: int = 4, seed: int = 0) -> 
     return _model(graph)
 
 
+def triton_simple(datatype: str = "INT32", width: int = 16) -> onnx.ModelProto:
+    """Triton's example ``simple``: ``INPUT0``, ``INPUT1`` [N, width] -> ``OUTPUT0`` = sum and
+    ``OUTPUT1`` = difference. With ``BYTES`` (``simple_string``) the tensors hold integers
+    as text: the graph casts them to INT32 and the results back to strings."""
+    elem = V2_TO_ONNX[datatype]
+    text = datatype == "BYTES"
+    nodes = []
+    a, b = "INPUT0", "INPUT1"
+    if text:
+        nodes += [
+            helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+            helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
+        ]
+        a, b = "a", "b"
+    total, difference = ("sum", "difference") if text else ("OUTPUT0", "OUTPUT1")
+    nodes += [
+        helper.make_node("Add", [a, b], [total]),
+        helper.make_node("Sub", [a, b], [difference]),
+    ]
+    if text:
+        nodes += [
+            helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+            helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        f"simple_{datatype.lower()}",
+        [helper.make_tensor_value_info(n, elem, ["N", width]) for n in ("INPUT0", "INPUT1")],
+        [helper.make_tensor_value_info(n, elem, ["N", width]) for n in ("OUTPUT0", "OUTPUT1")],
+    )
+    return _model(graph)
+
+
+def triton_identity(datatype: str = "BYTES") -> onnx.ModelProto:
+    """Triton's example ``simple_identity``: ``OUTPUT0`` = ``INPUT0`` [N, M]."""
+    elem = V2_TO_ONNX[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        "simple_identity",
+        [helper.make_tensor_value_info("INPUT0", elem, ["N", "M"])],
+        [helper.make_tensor_value_info("OUTPUT0", elem, ["N", "M"])],
+    )
+    return _model(graph)
+
+
 def fp16_converted(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` through onnxruntime's float16 converter with ``keep_io_types``, as a user would
     convert it: the converter appends its Casts after the nodes that read them, so the nodes

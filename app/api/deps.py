@@ -70,7 +70,11 @@ def request_context(request: Request) -> RequestContext:
         access.check_inference(presented_key(request))
     state = request.scope["state"]
     return RequestContext(
-        state["request_id"], REST, state["timeout_us"], partial(client_gone, request.receive)
+        state["request_id"],
+        REST,
+        state["timeout_us"],
+        partial(client_gone, request.receive),
+        state.get("trace"),
     )
 
 

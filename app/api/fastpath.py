@@ -123,7 +123,7 @@ class PlainRoutes:
         # building a Route's intermediate scopes. Parameters of the ``str`` convertor are
         # taken as matched (its conversion returns them unchanged).
         self.paths = [route.path for route in routes]
-        self.routes: list[tuple[re.Pattern[str], dict[str, Convertor[Any]], ASGIApp]] = []
+        self.routes: list[tuple[re.Pattern[str], dict[str, Convertor[Any]], ASGIApp, HotRoute]] = []
         for route in routes:
             pattern, _, convertors = compile_path(route.path)
             converted = {
@@ -131,15 +131,17 @@ class PlainRoutes:
                 for key, convertor in convertors.items()
                 if not isinstance(convertor, StringConvertor)
             }
-            self.routes.append((pattern, converted, wrap(PlainEndpoint(route.handler))))
+            self.routes.append((pattern, converted, wrap(PlainEndpoint(route.handler)), route))
 
     def match(self, scope: Scope) -> ASGIApp | None:
         """The endpoint that serves this request, if any; its path parameters are then set."""
         if scope["type"] == "http" and scope["method"] == "POST":
             path = route_path(scope)
-            for pattern, convertors, endpoint in self.routes:
+            for pattern, convertors, endpoint, route in self.routes:
                 found = pattern.match(path)
                 if found is not None:
+                    # As a router does: the route (its path template) for metrics and traces.
+                    scope["route"] = route
                     params = found.groupdict()
                     for key, convertor in convertors.items():
                         params[key] = convertor.convert(params[key])

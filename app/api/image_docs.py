@@ -47,7 +47,12 @@ class ImagePredictResponse(BaseModel):
     outputs: dict[str, Any] | None = Field(None, description="Raw outputs, with raw=true.")
 
 
-SEVEN = "iVBORw0KGgo...(base64 of seven.png)"
+#: docs/seven.png (a held-out 7, 32x32 grayscale), so that the examples run as they are.
+SEVEN = (
+    "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAAAAABWESUoAAAAhklEQVR42r3SUQ3CYAwE4G8EIb8EUEBwgARQMCkgYR"
+    "KYAxwMFDAUMAfwQJfwNhKgfbkmveQud60eXrPDETXawC1mJuZ7QjV6WGKIfUCHkuNhPmr2uIeXOvQl5tBHDzccsIhj"
+    "l5hDwQUNNlgFSv6HE9a4vvUgMQc4Rwfl5xKfe2ix/4vEJOEJc+wYkM9ZX9kAAAAASUVORK5CYII="
+)
 IMAGE_EXAMPLE: dict[str, Any] = {"model": "digits", "image": SEVEN, "top_k": 3}
 IMAGES_EXAMPLE: dict[str, Any] = {"model": "digits", "images": [SEVEN, SEVEN], "top_k": 1}
 RESPONSE_EXAMPLE: dict[str, Any] = {

@@ -12,8 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import ServingError, ShuttingDown
 from app.inference.lifecycle import ServerState
 from app.inference.request_ids import request_id as new_request_id
-from app.log import ACCESS_LOGGER, current_request_id
+from app.log import ACCESS_LOGGER, current_request_id, current_trace_id
+from app.metrics.http import UNMATCHED, HttpResponses
 from app.protocol.timeouts import TIMEOUT_HEADER, timeout_header
+from app.tracing import RequestSpan, Tracing, trace_headers
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -54,10 +56,21 @@ class RequestContextMiddleware:
     logged with the id and answered with a 500 here, so that even that response carries it.
     """
 
-    def __init__(self, app: ASGIApp, *, state: ServerState) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        state: ServerState,
+        responses: HttpResponses | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.app = app
         self.state = state
         self.inflight = state.inflight
+        #: Counts answers by route template and status (``/metrics``).
+        self.responses = responses
+        #: Traces requests when tracing is on (see app/tracing.py).
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,11 +93,18 @@ class RequestContextMiddleware:
         counted = scope["path"] not in DRAIN_EXEMPT
         status = size = 0
         state = self.state
+        span = None
+        if self.tracing is not None:
+            span = request_span(self.tracing, scope, request_id)
+            request_state["trace"] = span
+            trace_token = current_trace_id.set(span.trace_id())
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, size
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", ()), id_header]
+                if span is not None:
+                    headers.append((b"traceparent", span.traceparent().encode()))
                 if state.shutting_down:
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
@@ -124,7 +144,30 @@ class RequestContextMiddleware:
                     await send_with_id(message)
         finally:
             _log_access(scope, status, size, started)
+            if self.responses is not None or span is not None:
+                route = route_label(scope)
+                if self.responses is not None:
+                    self.responses.count(scope["method"], route, status)
+                if span is not None:
+                    span.finish(f"{scope['method']} {route}", status)
+                    current_trace_id.reset(trace_token)
             current_request_id.reset(token)
+
+
+def route_label(scope: Scope) -> str:
+    """The template of the route that took the request (its router set it in the scope)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+def request_span(tracing: Tracing, scope: Scope, request_id: str) -> RequestSpan:
+    """The server span of an HTTP request, child of its ``traceparent`` if it has one."""
+    attributes = {
+        "http.request.method": scope["method"],
+        "url.path": _path(scope),
+        "onnx_serve.request_id": request_id,
+    }
+    return tracing.start(scope["method"], trace_headers(scope["headers"]), attributes)
 
 
 def _path(scope: Scope) -> str:

@@ -17,6 +17,7 @@ from app.inference.context import GRPC, RequestContext
 from app.inference.dataplane import DataPlane
 from app.inference.request_ids import request_id
 from app.log import ACCESS_LOGGER, current_request_id
+from app.tracing import TRACE_HEADERS, RequestSpan, Tracing
 
 T = TypeVar("T")
 #: Who may make a call: anyone (health, metadata, statistics, as over REST), holders of the
@@ -52,9 +53,11 @@ def presented(metadata: Any) -> tuple[bytes | None, str | None]:
 class Calls:
     """Runs one servicer method's body the way every call of this server runs."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, tracing: Tracing | None = None) -> None:
         self.dataplane = dataplane
         self.state = dataplane.state
+        #: Traces unary calls when tracing is on (see app/tracing.py).
+        self.tracing = tracing
 
     def open(
         self, context: grpc.aio.ServicerContext[Any, Any], access: Access = "open"
@@ -90,9 +93,12 @@ class Calls:
         code = grpc.StatusCode.OK
         token = None
         request: RequestContext | None = None
+        span = None
         try:
             request, refused = self.open(context, access)
             token = current_request_id.set(request.request_id)
+            if self.tracing is not None:
+                span = request.trace = await self._span(context, method, request.request_id)
             if counted and state.shutting_down:
                 raise ShuttingDown("the server is shutting down; retry on another instance")
             if refused is not None:
@@ -121,8 +127,32 @@ class Calls:
             raise  # not reached: abort raises
         finally:
             log_call(context, method, code, started)
+            if span is not None:
+                error = None if code == grpc.StatusCode.OK else code.name
+                span.finish(f"{SERVICE}/{method}", error=error)
             if token is not None:
                 current_request_id.reset(token)
+
+    async def _span(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str, request_id: str
+    ) -> RequestSpan:
+        """The call's server span (child of its ``traceparent`` metadata), whose own
+        ``traceparent`` goes back in the initial metadata."""
+        assert self.tracing is not None
+        carrier = {
+            str(key): value if isinstance(value, str) else value.decode("latin-1")
+            for key, value in context.invocation_metadata() or ()
+            if key in TRACE_HEADERS
+        }
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": SERVICE,
+            "rpc.method": method,
+            "onnx_serve.request_id": request_id,
+        }
+        span = self.tracing.start(f"{SERVICE}/{method}", carrier, attributes)
+        await context.send_initial_metadata((("traceparent", span.traceparent()),))
+        return span
 
 
 async def abort(

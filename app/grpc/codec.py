@@ -19,7 +19,7 @@ from app.protocol.datatypes import numpy_dtype, v2_datatype
 from app.protocol.limits import RequestLimits
 from app.protocol.tensors import parse_shape
 from app.protocol.timeouts import timeout_parameter
-from app.protocol.v2 import InferRequest, RequestedOutput
+from app.protocol.v2 import InferRequest, RequestedOutput, class_count
 from app.registry.model import Feeds
 
 #: The typed ``contents`` field of each datatype, and the dtype that field holds (FP16 has no
@@ -120,9 +120,16 @@ def decode_infer_request(
         else:
             inputs[name] = _typed_contents(tensor, tensor.datatype, dtype, shape, limits)
     outputs = [RequestedOutput(o.name, True) for o in message.outputs] or None
+    classes: dict[str, int] = {}
+    for output in message.outputs:
+        if "classification" in output.parameters:
+            count = parameter_value(output.parameters["classification"])
+            classes[output.name] = class_count(count, output.name)
     parameters = {key: parameter_value(value) for key, value in message.parameters.items()}
     timeout_us = timeout_parameter(parameters.get("timeout"))
-    return InferRequest(inputs, message.id or None, outputs, True, parameters, timeout_us)
+    return InferRequest(
+        inputs, message.id or None, outputs, True, parameters, timeout_us, False, classes or None
+    )
 
 
 def encode_infer_response(

@@ -20,9 +20,10 @@ from app.errors import ServingError, ShuttingDown
 from app.grpc import codec
 from app.grpc.calls import Calls, abort, log_call
 from app.inference.context import GRPC, RequestContext
-from app.inference.dataplane import DataPlane
+from app.inference.dataplane import DataPlane, InferenceResult
 from app.inference.request_ids import request_id
 from app.log import current_request_id
+from app.tracing import Tracing
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 #: Requests of one stream served at once; the stream's next request waits for a free slot.
@@ -67,9 +68,9 @@ def stream_error(
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Every call decodes its message, calls the data plane and encodes the answer."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, tracing: Tracing | None = None) -> None:
         self.dataplane = dataplane
-        self.calls = Calls(dataplane)
+        self.calls = Calls(dataplane, tracing)
 
     # ---- health and metadata -------------------------------------------------------------
 
@@ -192,15 +193,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self, message: service_pb2.ModelInferRequest, context: RequestContext
     ) -> service_pb2.ModelInferResponse:
         limits = self.dataplane.limits
-        result = await self.dataplane.infer(
+        return await self.dataplane.infer(
             message.model_name,
             message.model_version or None,
             lambda _: codec.decode_infer_request(message, limits),
             context,
-        )
-        model = result.model
-        return codec.encode_infer_response(
-            model.name, str(model.version), result.outputs, result.request
+            _response,
         )
 
     async def ModelInfer(  # noqa: N802
@@ -272,3 +270,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await reader
         finally:
             reader.cancel()
+
+
+def _response(result: InferenceResult) -> service_pb2.ModelInferResponse:
+    model = result.model
+    return codec.encode_infer_response(
+        model.name, str(model.version), result.outputs, result.request
+    )

@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from app.registry.model import Disconnected
 
 REST = "rest"
 GRPC = "grpc"
+
+
+@dataclass(frozen=True, slots=True)
+class Phases:
+    """When the steps of one answered inference happened: ``time.perf_counter()`` instants
+    and the runner's measured seconds. Statistics and traces are both made from these."""
+
+    #: The data plane took the request (before decoding its inputs).
+    started: float
+    #: Its inputs were decoded and validated (images decoded and preprocessed).
+    prepared: float
+    #: Seconds it waited for a session or a batch.
+    queued: float
+    #: Seconds of the session run that computed it.
+    computed: float
+    #: The runner handed its outputs back.
+    ran: float
+    #: Its answer was encoded.
+    encoded: float
+
+
+class RequestTrace(Protocol):
+    """The trace of one request (``app.tracing``); absent from a context when tracing is off."""
+
+    def phases(self, model: str, version: str, rows: int, phases: Phases) -> None:
+        """Record the steps of the request's inference as spans of its trace."""
 
 
 @dataclass(slots=True)
@@ -31,3 +58,6 @@ class RequestContext:
     #: Set by the data plane when the request waited for its model to load (a cold start);
     #: the front ends say so in a response header or trailing metadata.
     cold_start: bool = False
+    #: The request's trace, when tracing is on (its W3C trace context came in with it or
+    #: was started by the front end).
+    trace: RequestTrace | None = None

@@ -12,13 +12,15 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from app import __version__
 from app.errors import ModelNotLoaded, ModelNotReady, ServingError
 from app.inference.access import AccessKeys
-from app.inference.context import RequestContext
+from app.inference.classification import classified
+from app.inference.context import Phases, RequestContext
 from app.inference.descriptions import model_config, model_metadata
 from app.inference.images import ImageOptions, image_answer, image_call, prepare
 from app.inference.lifecycle import ServerState
@@ -51,6 +53,9 @@ COLD_START_LOADS = 2
 #: Turns the model a request is for into its decoded request (front ends decode what they
 #: can before the lookup; /predict and KServe v1 need the model's signature to decode).
 Decoder = Callable[[ModelVersion], InferRequest]
+#: What a front end answers with: its encoding of a served inference (timed as the request's
+#: output step, Triton's compute_output).
+Answer = TypeVar("Answer")
 
 
 def limits_from(settings: Settings) -> RequestLimits:
@@ -147,6 +152,10 @@ class DataPlane:
         """Whether a request would be served (a model that loads on demand is ready)."""
         return self.registry.is_ready(name, version)
 
+    def model_names(self) -> list[str]:
+        """The names of the models with a live version, sorted."""
+        return sorted({m.name for m in self.registry.live()})
+
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         """The live version asked for (404 or 503 when there is none)."""
         return self.registry.get(name, version)
@@ -205,12 +214,20 @@ class DataPlane:
 
     async def load(self, name: str, parameters: dict[str, Any]) -> list[str]:
         """(Re)load a model, first installing the config and files its parameters carry;
-        returns the versions now live."""
-        name = validate_name(name)
-        limit = self.settings.max_upload_bytes
-        if await load_from_parameters(self.installer, name, parameters, limit) is None:
-            async with self.installer.lock(name):
-                await self.registry.load(name)
+        returns the versions now live. Every error says "failed to load", as Triton's do
+        (its clients and tools match on it)."""
+        try:
+            name = validate_name(name)
+            limit = self.settings.max_upload_bytes
+            if await load_from_parameters(self.installer, name, parameters, limit) is None:
+                async with self.installer.lock(name):
+                    await self.registry.load(name)
+        except ServingError as exc:
+            if exc.message.startswith("failed to load"):
+                raise
+            raise type(exc)(
+                f"failed to load '{name:.64}': {exc.message}", retry_after=exc.retry_after
+            ) from None
         return [str(m.version) for m in self.registry.live() if m.name == name]
 
     async def unload(self, name: str) -> None:
@@ -220,22 +237,31 @@ class DataPlane:
 
     # ---- inference ---------------------------------------------------------------------------
 
-    async def _run(
+    async def _complete(
         self,
         model: ModelVersion,
         observation: RequestObservation,
-        inputs: Feeds,
-        outputs: list[str] | None,
         context: RequestContext,
-    ) -> Feeds:
-        rows = validate_inputs(model, inputs)
-        names = output_names(model, outputs)
+        started: float,
+        run: tuple[Feeds, list[str], int],
+        encode: Callable[[Feeds], Answer],
+    ) -> Answer:
+        """Run validated feeds (``run``: feeds, outputs, rows) on the model's runner, encode
+        the outputs, and report the request's phases to its statistics and trace."""
+        feeds, names, rows = run
         runner = model.runner
         if runner is None:
             raise ModelNotReady(f"model '{model.name}' version {model.version} is not running")
-        results, queued, computed = await runner.run(inputs, names, rows, context)
-        observation.ran(queued, computed)
-        return results
+        prepared = perf_counter()
+        outputs, queued, computed = await runner.run(feeds, names, rows, context)
+        ran = perf_counter()
+        answer = encode(outputs)
+        encoded = perf_counter()
+        observation.completed(prepared - started, queued, computed, encoded - ran)
+        if context.trace is not None:
+            phases = Phases(started, prepared, queued, computed, ran, encoded)
+            context.trace.phases(model.name, str(model.version), rows, phases)
+        return answer
 
     async def _cold_start(
         self, name: str, version: str | None, context: RequestContext | None
@@ -260,9 +286,14 @@ class DataPlane:
             raise
 
     async def infer(
-        self, name: str, version: str | None, decode: Decoder, context: RequestContext
-    ) -> InferenceResult:
-        """Decode, validate and run one request on the model's runner.
+        self,
+        name: str,
+        version: str | None,
+        decode: Decoder,
+        context: RequestContext,
+        encode: Callable[[InferenceResult], Answer],
+    ) -> Answer:
+        """Decode, validate and run one request on the model's runner, and encode its answer.
 
         The request's own ``timeout`` (microseconds) replaces the front end's in ``context``
         once the model is loaded.
@@ -272,13 +303,22 @@ class DataPlane:
         except ModelNotLoaded:
             model = await self._cold_start(name, version, context)
         with ServedRequest(self, model, context) as observation:
+            started = perf_counter()
             request = decode(model)
             if request.timeout_us is not None:
                 context.timeout_us = request.timeout_us
-            outputs = await self._run(
-                model, observation, request.inputs, request.output_names(), context
+            rows = validate_inputs(model, request.inputs)
+            names = output_names(model, request.output_names())
+            classes = request.classification
+
+            def answer(outputs: Feeds) -> Answer:
+                if classes:
+                    outputs = classified(model, outputs, classes)
+                return encode(InferenceResult(model, request, outputs))
+
+            return await self._complete(
+                model, observation, context, started, (request.inputs, names, rows), answer
             )
-        return InferenceResult(model, request, outputs)
 
     async def classify_images(
         self,
@@ -287,18 +327,28 @@ class DataPlane:
         images: Sequence[bytes | str],
         options: ImageOptions,
         context: RequestContext,
-    ) -> dict[str, Any]:
-        """Decode and preprocess images off the event loop, run them as one batch, label."""
+        encode: Callable[[dict[str, Any]], Answer],
+    ) -> Answer:
+        """Decode and preprocess images off the event loop, run them as one batch, label, and
+        encode the labelled answer."""
         try:
             model = self.registry.get(name, version)
         except ModelNotLoaded:
             model = await self._cold_start(name, version, context)
         with ServedRequest(self, model, context) as observation:
+            started = perf_counter()
             call = image_call(model, len(images), options)
             tensor = await asyncio.to_thread(
                 prepare, images, call.pre, self.settings.max_image_pixels, options.invert
             )
-            results = await self._run(
-                model, observation, {call.pre.input: tensor}, call.outputs, context
+            feeds = {call.pre.input: tensor}
+            rows = validate_inputs(model, feeds)
+            names = output_names(model, call.outputs)
+            return await self._complete(
+                model,
+                observation,
+                context,
+                started,
+                (feeds, names, rows),
+                lambda outputs: encode(image_answer(model, call, outputs, options)),
             )
-            return image_answer(model, call, results, options)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.errors import BadRequest
 from app.inference.images import describe as image_processing
+from app.inference.images import plans
 from app.protocol.datatypes import V2_TO_TRITON_CONFIG
 from app.registry.config import VersionPolicy
 from app.registry.model import PLATFORM, ModelVersion, TensorSpec
@@ -26,6 +28,16 @@ def model_metadata(model: ModelVersion, versions: list[str]) -> dict[str, Any]:
     }
 
 
+def image_formats(model: ModelVersion) -> dict[str, str]:
+    """Triton's ``format`` of the input an image feeds (its layout, declared in
+    ``preprocess.layout`` or inferred), by input name; empty for a model without one."""
+    try:
+        pre, _ = plans(model)
+    except BadRequest:
+        return {}
+    return {pre.input: f"FORMAT_{pre.layout}"}
+
+
 def _triton_policy(policy: VersionPolicy) -> dict[str, Any]:
     if policy.policy == "latest":
         return {"latest": {"num_versions": policy.num_versions}}
@@ -40,12 +52,14 @@ def model_config(model: ModelVersion) -> dict[str, Any]:
     It can be sent back as a load request's ``config``; ``providers`` is this server's own.
     """
     skip = 1 if model.batched else 0
+    formats = image_formats(model)
 
     def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
         return [
             {
                 "name": s.name,
                 "data_type": V2_TO_TRITON_CONFIG[s.datatype],
+                **({"format": formats[s.name]} if s.name in formats else {}),
                 "dims": list(s.shape[skip:]),
             }
             for s in specs

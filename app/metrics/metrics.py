@@ -8,6 +8,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from app.metrics.collectors import RuntimeCollector, exposition
+from app.metrics.http import HttpResponses
 from app.metrics.residency import ResidencyMetrics
 from app.metrics.series import (
     BATCH_BUCKETS,
@@ -135,6 +136,15 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+        self.http_responses = HttpResponses(
+            Counter(
+                "onnx_serve_http_responses",
+                "HTTP answers by method, route template ('unmatched': no route) and status.",
+                ("method", "route", "status"),
+                registry=r,
+            )
+        )
+
         # Optimised versions (app/optimize): kind is int8, int8-static, fp16, graph or none.
         self.optimization = Gauge(
             "onnx_serve_model_optimization_info",
@@ -198,6 +208,7 @@ class Metrics:
         """
         for series in list(self._series.values()):
             series.flush()
+        self.http_responses.flush()
 
     def exposition(self) -> bytes:
         """The text exposition, aggregated over worker processes when there are several.

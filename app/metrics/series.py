@@ -221,14 +221,20 @@ class RequestObservation:
         series.inflight -= 1
         protocol.request_seconds.observe(elapsed)
 
-    def ran(self, queued: float, computed: float) -> None:
-        """Report the request's wait for a session or batch and the compute time of its run
-        (the run itself is counted by the runner that made it, with ``Metrics.executed``)."""
+    def completed(self, prepared: float, queued: float, computed: float, encoded: float) -> None:
+        """Report the phases of a request that was answered: decoding and validating its
+        inputs, its wait for a session or batch, the run that computed it and the encoding
+        of its answer (the run itself is counted by the runner that made it, with
+        ``Metrics.executed``). Counted together, so that Triton's compute_input,
+        compute_infer and compute_output counts stay equal, as perf_analyzer checks."""
         series = self._series
+        stats = series.stats
         series.queue_seconds.observe(queued)
-        series.stats.queue.add(queued)
+        stats.queue.add(queued)
         series.compute_seconds.observe(computed)
-        series.stats.compute_infer.add(computed)
+        stats.compute_infer.add(computed)
+        stats.compute_input.add(prepared)
+        stats.compute_output.add(encoded)
 
 
 def count_execution(series: ModelSeries, rows: int, seconds: float) -> None:

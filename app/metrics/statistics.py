@@ -35,7 +35,12 @@ class ModelStats:
 
     requests: dict[str, RequestTotals] = field(default_factory=dict)
     queue: Duration = field(default_factory=Duration)
+    #: Decoding and validating a request's inputs (image decoding and preprocessing too).
+    compute_input: Duration = field(default_factory=Duration)
+    #: The session run that computed a request's outputs (its batch's run).
     compute_infer: Duration = field(default_factory=Duration)
+    #: Encoding a request's outputs into its answer (JSON, binary tensors, labels).
+    compute_output: Duration = field(default_factory=Duration)
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
@@ -67,6 +72,8 @@ class ModelStats:
         return self._sum("fail")
 
     def as_dict(self, name: str, version: str) -> dict[str, Any]:
+        # Batch statistics are per session run: a run's inputs and outputs are the requests'
+        # own (counted above), so only its compute is known by batch size.
         empty = Duration().as_dict()
         return {
             "name": name,
@@ -78,9 +85,9 @@ class ModelStats:
                 "success": self.success.as_dict(),
                 "fail": self.fail.as_dict(),
                 "queue": self.queue.as_dict(),
-                "compute_input": empty,
+                "compute_input": self.compute_input.as_dict(),
                 "compute_infer": self.compute_infer.as_dict(),
-                "compute_output": empty,
+                "compute_output": self.compute_output.as_dict(),
             },
             "batch_stats": [
                 {

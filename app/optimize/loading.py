@@ -241,6 +241,7 @@ def load_served_version(
         require_accelerator=require_accelerator,
         cpu_quota=cpu_quota,
         labels=labels,
+        warmup_samples=model_dir / config.warmup.samples if config.warmup.samples else None,
     )
     if report is not None:
         model.extras["optimization"] = report

@@ -113,15 +113,34 @@ class V1PredictResponse(BaseModel):
     predictions: list[Any]
 
 
+#: A hand-drawn 7 for the bundled ``digits`` model (input ``image`` [N, 1, 8, 8], 1 is ink),
+#: as the README's first example sends it: every example below runs as it is on that model.
+SEVEN_8X8: list[list[list[float]]] = [
+    [
+        [0, 0.5, 1, 1, 1, 1, 0.5, 0],
+        [0, 0, 0, 0, 0, 1, 0.5, 0],
+        [0, 0, 0, 0, 0.5, 1, 0, 0],
+        [0, 0, 0, 0, 1, 0.5, 0, 0],
+        [0, 0, 0, 0.5, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0.5, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+]
 V2_INFER_EXAMPLE: dict[str, Any] = {
     "id": "42",
     "inputs": [
-        {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64},
+        {
+            "name": "image",
+            "shape": [1, 1, 8, 8],
+            "datatype": "FP32",
+            "data": [value for row in SEVEN_8X8[0] for value in row],
+        },
     ],
-    "outputs": [{"name": "logits"}],
+    "outputs": [{"name": "probabilities"}],
 }
-PREDICT_EXAMPLE: dict[str, Any] = {"model": "digits", "inputs": [[0.0] * 64]}
-V1_EXAMPLE: dict[str, Any] = {"instances": [[0.0] * 64]}
+PREDICT_EXAMPLE: dict[str, Any] = {"model": "digits", "inputs": SEVEN_8X8}
+V1_EXAMPLE: dict[str, Any] = {"instances": [SEVEN_8X8]}
 
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (

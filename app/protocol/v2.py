@@ -41,6 +41,8 @@ class InferRequest:
     timeout_us: int | None = None
     #: The client sent one example without its batch dimension; outputs drop it again.
     unbatched: bool = False
+    #: Outputs asked for as their k best classes (Triton's ``classification`` parameter).
+    classification: dict[str, int] | None = None
 
     def output_names(self) -> list[str] | None:
         """The names of the outputs asked for, or None for all of them."""
@@ -125,6 +127,7 @@ def parse_infer_request(
 
     binary_default = bool(params.get("binary_data_output", False))
     outputs: list[RequestedOutput] | None = None
+    classes: dict[str, int] = {}
     outputs_doc = doc.get("outputs")
     if outputs_doc is not None:
         if not isinstance(outputs_doc, list):
@@ -137,8 +140,20 @@ def parse_infer_request(
             outputs.append(
                 RequestedOutput(item["name"], bool(out_params.get("binary_data", binary_default)))
             )
+            count = out_params.get("classification")
+            if count is not None:
+                classes[item["name"]] = class_count(count, item["name"])
     timeout_us = timeout_parameter(params.get("timeout"))
-    return InferRequest(inputs, request_id, outputs, binary_default, params, timeout_us)
+    return InferRequest(
+        inputs, request_id, outputs, binary_default, params, timeout_us, False, classes or None
+    )
+
+
+def class_count(value: object, name: str) -> int:
+    """The ``classification`` parameter of a requested output: how many classes (0: none)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadRequest(f"output '{name}': classification must be a non-negative integer")
+    return value
 
 
 def encode_infer_response(

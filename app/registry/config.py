@@ -77,12 +77,26 @@ class DynamicBatchingConfig(_Strict):
 
 
 class WarmupConfig(_Strict):
-    """Inference on zeros before a version is marked ready."""
+    """Inference before a version is marked ready: on generated inputs, or on samples."""
 
     enabled: bool = Field(True, description="Warm up before marking the version ready.")
     batch_sizes: list[int] = Field(
         default_factory=lambda: [1], description="Batch sizes to warm up (batched models)."
     )
+    samples: str | None = Field(
+        None,
+        description="An .npz in the model folder with one array per input (named after it, "
+        "batch included) to warm up on instead of generated inputs; a failure on these "
+        "fails the load, while a failure on generated inputs only skips the warm-up.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WarmupConfig:
+        if self.samples is not None:
+            parts = self.samples.replace("\\", "/").split("/")
+            if self.samples.startswith("/") or ".." in parts or not self.samples.endswith(".npz"):
+                raise ValueError("warmup.samples must be an .npz inside the model folder")
+        return self
 
 
 class VersionPolicy(_Strict):

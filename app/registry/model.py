@@ -19,6 +19,7 @@ from app.protocol.datatypes import ORT_TO_V2, V2_TO_NUMPY
 from app.registry import providers as prov
 from app.registry.config import ModelConfig, SessionConfig
 from app.registry.session_pool import SessionPool
+from app.registry.warmup import sample_feeds, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,8 @@ def padded_batch_size(config: ModelConfig, max_batch_size: int, provider: str) -
 
 
 def warmup_feeds(inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:
-    """Zeros for every input, dynamic dimensions set to ``batch`` (first) or 1."""
+    """Zeros for every input ("0" for strings, which also parses as a number), dynamic
+    dimensions set to ``batch`` (first) or 1."""
     feeds: dict[str, np.ndarray] = {}
     size = 0
     for spec in inputs:
@@ -204,7 +206,7 @@ def warmup_feeds(inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:
                 f"request would take over {MAX_WARMUP_BYTES >> 20} MiB"
             )
         if spec.datatype == "BYTES":
-            feeds[spec.name] = np.full(shape, "", dtype=np.object_)
+            feeds[spec.name] = np.full(shape, "0", dtype=np.object_)
         else:
             feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
     return feeds
@@ -226,7 +228,10 @@ def runs_inline(
     times = []
     for _ in range(INLINE_PROBE_RUNS):
         start = time.perf_counter()
-        session.run(None, feeds)
+        try:
+            session.run(None, feeds)
+        except Exception:  # generated inputs that this graph refuses: it cannot be timed
+            return False
         times.append(time.perf_counter() - start)
         if times[-1] > 20 * INLINE_RUN_SECONDS:
             return False
@@ -249,8 +254,13 @@ def load_version(
     require_accelerator: bool,
     cpu_quota: int,
     labels: list[str] | None = None,
+    warmup_samples: Path | None = None,
 ) -> ModelVersion:
-    """Create the pool of sessions for one version, check providers, warm up (blocking)."""
+    """Create the pool of sessions for one version, check providers, warm up (blocking).
+
+    The warm-up runs on ``warmup_samples`` (an .npz of named inputs) when given, else on
+    generated inputs (see ``app.registry.warmup``).
+    """
     start = time.perf_counter()
     instances = config.instances
     threads = max(1, cpu_quota // instances.count)
@@ -309,22 +319,27 @@ def load_version(
         pool=pool,
         labels=labels,
     )
-    if config.warmup.enabled:
+    warmed = config.warmup.enabled
+    if warmed:
         sizes = config.warmup.batch_sizes if max_batch > 0 else [1]
         padded = padded_batch_size(config, max_batch, actual[0])
         if padded is not None:
             # Batched runs all take this shape: plan its kernels before the first request.
             sizes = [padded]
         try:
-            for batch in sizes:
-                feeds = warmup_feeds(inputs, min(batch, max_batch) if max_batch else 1)
-                for session in sessions:
-                    session.run(None, feeds)
-        except Exception as exc:
+            if warmup_samples is not None:
+                feeds = [sample_feeds(warmup_samples, inputs)]
+            else:
+                feeds = [warmup_feeds(inputs, min(b, max_batch) if max_batch else 1) for b in sizes]
+            skipped = warm_up(f"model {name} v{version}", sessions, feeds, warmup_samples is None)
+        except InvalidModel:
             pool.retire(0)
-            raise InvalidModel(f"warm-up inference failed: {exc}") from None
+            raise
+        if skipped is not None:
+            model.extras["warmup_skipped"] = skipped
+            warmed = False
     batching = config.dynamic_batching is not None and config.dynamic_batching.enabled
-    if config.warmup.enabled and actual[0] == CPU and not batching:
+    if warmed and actual[0] == CPU and not batching:
         pool.inline = runs_inline(sessions[0], path, inputs, max_batch)
         if pool.inline:
             log.info("model %s v%d runs on the event loop (runs take microseconds)", name, version)

@@ -121,7 +121,9 @@ class ModelRegistry:
             raise ModelNotReady(f"{label} is unavailable: {status.reason}")
         if status is not None and status.state == ModelState.UNLOADED:
             raise ModelNotReady(f"{label} is unloaded")
-        raise ModelNotFound(f"{label} is not served here")
+        # Triton's words, which its clients and tools match on.
+        which = f"'{name}'" + (f" version {version}" if version is not None else "")
+        raise ModelNotFound(f"Request for unknown model: {which} is not found")
 
     def live(self) -> list[ModelVersion]:
         """Every live version, by name then version."""
@@ -265,9 +267,7 @@ class ModelRegistry:
             self._record_failures(name, failed)
             if failures:
                 kept = " (the versions already serving keep serving)" if new else ""
-                error = type(failures[0])(
-                    f"model '{name}' failed to load: {'; '.join(errors)}{kept}"
-                )
+                error = type(failures[0])(f"failed to load '{name}': {'; '.join(errors)}{kept}")
                 raise error
             return [new[v] for v in sorted(new)]
 

@@ -226,7 +226,9 @@ class SingleModelRepository(ModelRepository):
 
     def model_dir(self, name: str) -> Path:
         if validate_name(name) != self.name:
-            raise ModelNotFound(f"model '{name}' is not served here (only '{self.name}' is)")
+            raise ModelNotFound(
+                f"Request for unknown model: '{name}' is not found (only '{self.name}' is served)"
+            )
         return self.root
 
     def model_names(self) -> list[str]:

@@ -180,7 +180,9 @@ class SessionPool:
     def _run_inline(
         self, feeds: Feeds, outputs: list[str] | None
     ) -> tuple[list[np.ndarray], float, float]:
-        # Nothing else runs while the loop is here, so a session is free: no queue, no wait.
+        # Nothing else runs while the loop is here, so a session is free: the wait is only
+        # the time to take it (reported, as Triton's queue time, so that it is never a made-up 0).
+        called = time.perf_counter()
         self._enter()
         suspect = self._suspect
         cpu = time.thread_time() if suspect else 0.0
@@ -188,6 +190,7 @@ class SessionPool:
             result, compute = self.run_blocking(feeds, outputs)
         finally:
             self._leave()
+        queued = max(0.0, time.perf_counter() - called - compute)
         if suspect:
             self._suspect = False
             cpu = time.thread_time() - cpu
@@ -201,7 +204,7 @@ class SessionPool:
                 )  # fmt: skip
         elif compute > INLINE_SLOW_RUN:
             self._suspect = True
-        return result, 0.0, compute
+        return result, queued, compute
 
     def _run_ended(self) -> None:
         self._runs -= 1

@@ -1,7 +1,8 @@
 """Accept a Triton-shaped model config (as ``load_model(config=...)`` sends) as a config.json.
 
 Keys in this service's own shape pass through untouched; Triton's spellings of the same
-ideas are translated; ``input``/``output`` are dropped (the graph defines them); anything
+ideas are translated; ``input``/``output`` are dropped (the graph defines them) except an
+input's ``format`` (FORMAT_NCHW/NHWC), which declares the image layout (``preprocess``); anything
 else is left for ``ModelConfig`` to refuse by name. The config that GET
 ``/v2/models/{m}/config`` returns can so be sent back as it is.
 """
@@ -18,6 +19,33 @@ from app.registry.repository import config_object, parse_config
 PLATFORMS = {"onnxruntime_onnx", "onnxruntime"}
 KINDS = {"KIND_CPU": "cpu", "KIND_GPU": "gpu", "KIND_AUTO": "auto", "KIND_MODEL": "auto"}
 _DROPPED = ("input", "output", "platform", "backend", "name", "default_model_filename")
+#: Triton's input ``format`` values and the image layout each declares.
+FORMATS = {"FORMAT_NCHW": "NCHW", "FORMAT_NHWC": "NHWC", "FORMAT_NONE": None}
+
+
+def _image_input(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """``preprocess`` keys for the input whose ``format`` declares an image layout, if any."""
+    inputs = doc.get("input") or []
+    if not isinstance(inputs, list):
+        raise InvalidModel("input must be a list of tensors")
+    declared: list[tuple[str, str]] = []
+    for item in inputs:
+        if not isinstance(item, dict) or "format" not in item:
+            continue
+        value = item["format"]
+        if value not in FORMATS:
+            raise InvalidModel(
+                f"input format {str(value)[:40]!r} is not one of {', '.join(FORMATS)}"
+            )
+        layout = FORMATS[value]
+        if layout is not None:
+            declared.append((str(item.get("name", "")), layout))
+    if not declared:
+        return None
+    if len(declared) > 1:
+        raise InvalidModel("only one input may declare an image format (FORMAT_NCHW/NHWC)")
+    name, layout = declared[0]
+    return {"input": name, "layout": layout} if name else {"layout": layout}
 
 
 def _instances(groups: Any) -> dict[str, Any]:
@@ -63,6 +91,17 @@ def translate(doc: dict[str, Any], name: str) -> dict[str, Any]:
     filename = out.get("default_model_filename")
     if filename not in (None, "", "model.onnx"):
         raise InvalidModel("default_model_filename must be model.onnx")
+    image = _image_input(out)
+    if image is not None:
+        preprocess = out.get("preprocess") or {}
+        if not isinstance(preprocess, dict):
+            raise InvalidModel("preprocess must be an object")
+        for key, value in image.items():
+            if preprocess.get(key, value) != value:
+                raise InvalidModel(
+                    f"the input format says {key} {value} but preprocess.{key} is {preprocess[key]}"
+                )
+        out["preprocess"] = {**preprocess, **image}
     for key in _DROPPED:
         out.pop(key, None)
     if "instance_group" in out:

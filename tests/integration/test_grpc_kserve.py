@@ -86,4 +86,7 @@ def test_infer_with_typed_contents_and_an_output_subset(found: dict[str, Any]) -
 
 
 def test_errors_reach_the_client_with_their_status(found: dict[str, Any]) -> None:
-    assert found["unknown_model"] == ["NOT_FOUND", "model 'no-such-model' is not served here"]
+    assert found["unknown_model"] == [
+        "NOT_FOUND",
+        "Request for unknown model: 'no-such-model' is not found",
+    ]

@@ -199,7 +199,10 @@ def test_stream_of_independent_requests(client: grpcclient.InferenceServerClient
                 results[result.get_response().id] = result
     finally:
         client.stop_stream()
-    assert sorted(errors) == ["input 'b' is missing", "model 'nope' is not served here"]
+    assert sorted(errors) == [
+        "Request for unknown model: 'nope' is not found",
+        "input 'b' is missing",
+    ]
     assert results.keys() == sent.keys()
     for request_id, a in sent.items():
         np.testing.assert_array_equal(results[request_id].as_numpy("sum"), a + B[:1])
@@ -227,7 +230,7 @@ def test_stream_errors_carry_their_request(channel: grpc.Channel) -> None:
     assert by_id["ok-1"].error_message == by_id["ok-2"].error_message == ""
     assert "must be FP32" in by_id["wrong-type"].error_message
     assert by_id["wrong-type"].infer_response.model_name == "add_mul"
-    assert "not served here" in by_id["unknown"].error_message
+    assert "Request for unknown model" in by_id["unknown"].error_message
     result = grpcclient.InferResult(by_id["ok-2"].infer_response)
     np.testing.assert_array_equal(result.as_numpy("product"), np.ones((1, 4), np.float32))
 
@@ -284,6 +287,6 @@ def test_reflection_describes_the_services(channel: grpc.Channel) -> None:
 
 
 def test_unknown_model_raises_in_the_client(client: grpcclient.InferenceServerClient) -> None:
-    with pytest.raises(InferenceServerException, match="not served here") as raised:
+    with pytest.raises(InferenceServerException, match="Request for unknown model") as raised:
         client.infer("nope", inputs())
     assert raised.value.status() == "StatusCode.NOT_FOUND"

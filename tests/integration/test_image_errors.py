@@ -172,7 +172,11 @@ def test_models_that_cannot_answer_images(client: httpx.Client) -> None:
             "'invert' must be true, false or auto",
         ),
         ({"image": b64(GOOD)}, 400, "'model' must name the model"),
-        ({"model": "nope", "image": b64(GOOD)}, 404, "model 'nope' is not served here"),
+        (
+            {"model": "nope", "image": b64(GOOD)},
+            404,
+            "Request for unknown model: 'nope' is not found",
+        ),
         (
             {"model": "digits", "images": [b64(GOOD)] * 65},
             400,
@@ -219,7 +223,9 @@ def test_per_model_route_errors(client: httpx.Client) -> None:
     check(r, 400, "names model 'other' but the path 'digits'")
     check(client.post(path, json={"inputs": [[0.0]]}), 400, "send 'image' or 'images'")
     check(
-        client.post("/v2/models/nope/predict/image", json={"image": b64(GOOD)}), 404, "model 'nope'"
+        client.post("/v2/models/nope/predict/image", json={"image": b64(GOOD)}),
+        404,
+        "Request for unknown model: 'nope'",
     )
     check(
         client.post("/v2/models/digits/versions/9/predict/image", json={"image": b64(GOOD)}),

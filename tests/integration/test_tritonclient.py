@@ -36,8 +36,13 @@ def test_model_metadata_config_and_readiness(client: httpclient.InferenceServerC
     assert client.get_model_metadata("digits", "1")["name"] == "digits"
     config = client.get_model_config("digits")
     assert config["max_batch_size"] > 0
-    assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": [1, 8, 8]}]
-    with pytest.raises(InferenceServerException, match="not served"):
+    # The image input's layout is Triton's input format (what image clients read).
+    assert config["input"] == [
+        {"name": "image", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [1, 8, 8]}
+    ]
+    with pytest.raises(
+        InferenceServerException, match="Request for unknown model: .no-such-model. is not found"
+    ):
         client.get_model_metadata("no-such-model")
 
 

@@ -56,7 +56,7 @@ def test_requests_are_counted_by_protocol_and_statistics_sum_them() -> None:
     for protocol, outcome in (("rest", None), ("rest", None), ("grpc", None), ("grpc", "full")):
         try:
             with metrics.request("m", "1", protocol) as observation:
-                observation.ran(0.001, 0.002)
+                observation.completed(0.0005, 0.001, 0.002, 0.0003)
                 if outcome:
                     raise QueueFull("full")
         except QueueFull:
@@ -78,6 +78,12 @@ def test_requests_are_counted_by_protocol_and_statistics_sum_them() -> None:
     stats = metrics.stats_for("m", "1").as_dict("m", "1")
     assert stats["inference_stats"]["success"]["count"] == 3
     assert stats["inference_stats"]["fail"]["count"] == 1
+    # perf_analyzer refuses statistics whose three compute counts differ.
+    phases = [
+        stats["inference_stats"][k] for k in ("compute_input", "compute_infer", "compute_output")
+    ]
+    assert [p["count"] for p in phases] == [4, 4, 4]
+    assert [p["ns"] for p in phases] == [2_000_000, 8_000_000, 1_200_000]
     # A second flush moves nothing twice.
     assert samples(metrics)[("onnx_serve_request_success_total", rest)] == 2
 

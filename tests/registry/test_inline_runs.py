@@ -37,7 +37,8 @@ def test_a_small_model_runs_inline_and_answers_right(tmp_path: Path) -> None:
     (y,), queued, computed = asyncio.run(run())
     (expected,) = model.pool.sessions[0].run(None, {"x": x})
     np.testing.assert_array_equal(y, expected)
-    assert queued == 0.0 and computed > 0
+    # No wait behind other runs: only the moment it took to take the free session.
+    assert 0.0 <= queued < 0.01 and computed > 0
 
 
 def test_what_never_runs_inline(tmp_path: Path) -> None:

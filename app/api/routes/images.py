@@ -38,7 +38,7 @@ OPTION_NAMES = ("top_k", "raw", "invert")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 503, 504)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 503, 504)
 }
 
 
@@ -63,6 +63,19 @@ def is_upload(request: Request) -> bool:
     """True for the multipart and raw-image forms (JSON and tensors go elsewhere)."""
     kind = media_type(request)
     return kind == MULTIPART or kind.startswith("image/")
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is JSON: ``application/json``, a ``+json`` type, or unlabelled."""
+    kind = media_type(request)
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        hint = ""
+        if kind == "application/x-www-form-urlencoded":
+            hint = " (curl -d sends that type: add -H 'content-type: application/json')"
+        raise UnsupportedMediaType(
+            f"Content-Type {kind[:60]} is not accepted here{hint}: send application/json, "
+            "multipart/form-data or an image/* body"
+        )
 
 
 def is_image_document(doc: Mapping[str, Any]) -> bool:
@@ -210,8 +223,9 @@ async def answer(
     if name is None:
         raise BadRequest("'model' must name the model to run (a field, a key or ?model=)")
     dataplane: DataPlane = request.app.state.dataplane
-    body = await dataplane.classify_images(name, version, parsed.images, parsed.options, context)
-    return json_response(body)
+    return await dataplane.classify_images(
+        name, version, parsed.images, parsed.options, context, json_response
+    )
 
 
 async def predict_image(
@@ -224,6 +238,7 @@ async def predict_image(
     if is_upload(request):
         parsed = await read_upload(request)
     else:
+        require_json(request)
         dataplane: DataPlane = request.app.state.dataplane
         body = await read_body(request, dataplane.limits.max_request_bytes)
         doc = loads_object(body)

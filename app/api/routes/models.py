@@ -20,6 +20,10 @@ router = APIRouter(tags=["models"], dependencies=[Management])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 507)
 }
+KEY_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403)}
+DELETE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409)
+}
 FORM_FIELDS = ("file", "name", "version", "config", "labels", "overwrite", "optimize")
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
@@ -127,7 +131,9 @@ async def upload(request: Request, installer: InstallerDep, settings: SettingsDe
     return json_response(body, 201, {"Location": location})
 
 
-@router.get("/models", summary="Every model with its versions, states and reasons")
+@router.get(
+    "/models", summary="Every model with its versions, states and reasons", responses=KEY_ERRORS
+)
 async def list_models(dataplane: DataPlaneDep) -> Response:
     return json_response({"models": dataplane.catalog()})
 
@@ -136,7 +142,7 @@ async def list_models(dataplane: DataPlaneDep) -> Response:
 @router.delete(
     "/models/{model_name:path}/versions/{model_version}",
     summary="Delete one version from disk (after in-flight requests drain)",
-    responses=ERRORS,
+    responses=DELETE_ERRORS,
 )
 async def delete_version(installer: InstallerDep, model_name: str, model_version: str) -> Response:
     await installer.delete_version(model_name, model_version)
@@ -146,7 +152,7 @@ async def delete_version(installer: InstallerDep, model_name: str, model_version
 @router.delete(
     "/models/{model_name:path}",
     summary="Delete a model and all its versions (after in-flight requests drain)",
-    responses=ERRORS,
+    responses=DELETE_ERRORS,
 )
 async def delete_model(installer: InstallerDep, model_name: str) -> Response:
     await installer.delete_model(model_name)

@@ -14,7 +14,7 @@ from app.api.responses import json_response
 from app.api.routes import images
 from app.errors import BadRequest
 from app.inference.context import RequestContext
-from app.inference.dataplane import DataPlane
+from app.inference.dataplane import DataPlane, InferenceResult
 from app.inference.plain import named_inputs
 from app.protocol.schemas import (
     PREDICT_EXAMPLE,
@@ -28,7 +28,7 @@ from app.protocol.v2 import InferRequest, loads_object
 from app.registry.model import ModelVersion
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 503, 504)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 503, 504)
 }
 
 
@@ -47,6 +47,7 @@ async def predict(request: Request, context: RequestContext) -> Response:
     dataplane: DataPlane = request.app.state.dataplane
     if images.is_upload(request):
         return await images.answer(request, context, await images.read_upload(request))
+    images.require_json(request)
     body = await read_body(request, dataplane.limits.max_request_bytes)
     doc = loads_object(body)
     if images.is_image_document(doc):
@@ -59,7 +60,10 @@ async def predict(request: Request, context: RequestContext) -> Response:
         inputs, unbatched = named_inputs(model, doc["inputs"], dataplane.limits)
         return InferRequest(inputs, unbatched=unbatched)
 
-    result = await dataplane.infer(name, version, decode, context)
+    return await dataplane.infer(name, version, decode, context, _response)
+
+
+def _response(result: InferenceResult) -> Response:
     unbatched = result.request.unbatched
     outputs = {n: jsonable(a[0] if unbatched else a) for n, a in result.outputs.items()}
     model = result.model

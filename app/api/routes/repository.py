@@ -16,9 +16,15 @@ from app.protocol.v2 import loads_object
 from app.registry.load_parameters import load_body_limit
 
 router = APIRouter(tags=["repository"], dependencies=[Management])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 503)
-}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in (400, 401, 403, *codes)}
+
+
+INDEX_ERRORS = _errors(413, 415)
+LOAD_ERRORS = _errors(404, 409, 413, 415, 422, 503)
+UNLOAD_ERRORS = _errors(404, 413, 415)
 SMALL_BODY = 64 * 1024
 
 
@@ -31,7 +37,7 @@ async def _optional_object(request: Request, limit: int = SMALL_BODY) -> dict[st
     "/v2/repository/index",
     summary="Every model in the repository with its state",
     response_model=list[RepositoryEntry],
-    responses=ERRORS,
+    responses=INDEX_ERRORS,
 )
 async def index(request: Request, dataplane: DataPlaneDep) -> Response:
     options = await _optional_object(request)
@@ -43,7 +49,7 @@ async def index(request: Request, dataplane: DataPlaneDep) -> Response:
     "/v2/repository/models/{model_name:path}/load",
     summary="Load or reload a model; parameters.config and base64 file:<version>/model.onnx "
     "install a config and model files first (validated, atomic)",
-    responses=ERRORS,
+    responses=LOAD_ERRORS,
 )
 async def load(
     request: Request, dataplane: DataPlaneDep, settings: SettingsDep, model_name: str
@@ -59,7 +65,7 @@ async def load(
 @router.post(
     "/v2/repository/models/{model_name:path}/unload",
     summary="Stop serving a model (its files stay on disk)",
-    responses=ERRORS,
+    responses=UNLOAD_ERRORS,
 )
 async def unload(request: Request, dataplane: DataPlaneDep, model_name: str) -> Response:
     await _optional_object(request)

@@ -13,7 +13,7 @@ from app.api.fastpath import HotRoute
 from app.api.responses import json_response
 from app.errors import BadRequest
 from app.inference.context import RequestContext
-from app.inference.dataplane import DataPlane
+from app.inference.dataplane import DataPlane, InferenceResult
 from app.inference.plain import instances_inputs, predictions
 from app.protocol.schemas import (
     V1_EXAMPLE,
@@ -26,9 +26,15 @@ from app.protocol.v2 import InferRequest, loads_object
 from app.registry.model import ModelVersion
 
 router = APIRouter(tags=["v1"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 503, 504)
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 503)}
+PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 503, 504)
 }
+
+
+@router.get("/v1/models", summary="KServe v1: the names of the models served")
+async def models(dataplane: DataPlaneDep) -> Response:
+    return json_response({"models": dataplane.model_names()})
 
 
 @router.get("/v1/models/{model_name}", summary="KServe v1 model status", responses=ERRORS)
@@ -50,7 +56,10 @@ async def predict(request: Request, context: RequestContext, model_name: str) ->
             raise BadRequest("'instances' is missing")
         return InferRequest(instances_inputs(model, doc["instances"], limits))
 
-    result = await dataplane.infer(model_name, None, decode, context)
+    return await dataplane.infer(model_name, None, decode, context, _response)
+
+
+def _response(result: InferenceResult) -> Response:
     return json_response({"predictions": predictions(result.model, result.outputs)})
 
 
@@ -61,7 +70,7 @@ HOT_ROUTES = [
         "KServe v1 predict (instances -> predictions)",
         tags=["v1"],
         response_model=V1PredictResponse,
-        responses=ERRORS,
+        responses=PREDICT_ERRORS,
         openapi_extra=request_body(V1PredictRequest, V1_EXAMPLE),
     )
 ]

@@ -13,7 +13,7 @@ from app.api.fastpath import HotRoute
 from app.api.responses import BytesResponse, error_response, json_response
 from app.errors import ModelNotLoaded, ServingError
 from app.inference.context import RequestContext
-from app.inference.dataplane import DataPlane
+from app.inference.dataplane import DataPlane, InferenceResult
 from app.protocol import binary
 from app.protocol.schemas import (
     V2_INFER_EXAMPLE,
@@ -28,8 +28,11 @@ from app.protocol.v2 import encode_infer_response, parse_infer_request
 router = APIRouter(tags=["v2"])
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 503, 504)
+#: What the metadata routes answer besides 200 (bad version, unknown model, not ready).
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 503)}
+#: What inference answers besides 200 (401: a key is needed, when the server has one).
+INFER_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 503, 504)
 }
 BINARY_BODY = {
     "application/octet-stream": {
@@ -117,12 +120,16 @@ async def infer(
     limits = dataplane.limits
     header_length = binary.parse_header_length(header(request, HEADER_LENGTH))
     body = await read_body(request, limits.max_request_bytes)
-    result = await dataplane.infer(
+    return await dataplane.infer(
         model_name,
         model_version,
         lambda _: parse_infer_request(body, header_length, limits),
         context,
+        _response,
     )
+
+
+def _response(result: InferenceResult) -> Response:
     model = result.model
     content, json_length = encode_infer_response(
         model.name, str(model.version), result.outputs, result.request
@@ -137,7 +144,7 @@ async def infer(
 _INFER: dict[str, Any] = {
     "tags": ["v2"],
     "response_model": InferenceResponse,
-    "responses": ERRORS,
+    "responses": INFER_ERRORS,
     "openapi_extra": request_body(InferenceRequest, V2_INFER_EXAMPLE, BINARY_BODY),
 }
 HOT_ROUTES = [
