@@ -72,9 +72,9 @@ def request_context(request: Request) -> RequestContext:
     return RequestContext(
         state["request_id"],
         REST,
-        state["timeout_us"],
-        partial(client_gone, request.receive),
-        state.get("trace"),
+        timeout_us=state["timeout_us"],
+        disconnected=partial(client_gone, request.receive),
+        trace=state.get("trace"),
     )
 
 

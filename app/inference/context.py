@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Protocol
 
 from app.registry.model import Disconnected
@@ -49,6 +49,8 @@ class RequestContext:
     request_id: str
     #: The front end it came in over: ``REST`` or ``GRPC`` (a metrics label).
     protocol: str
+    # The rest by keyword only: the fields are many and several take None.
+    _: KW_ONLY
     #: Longest wait in a queue, in microseconds (0: none; None: the model's or server's
     #: default). The front end sets it from a header or deadline; a request's own
     #: ``timeout`` parameter replaces it.
