@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from types import FrameType
 
 from app.log import configure_logging
@@ -57,6 +58,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from app.api.connections import (
+        ConnectionLimits,
+        GuardedHttpProtocol,
+        connection_cap,
+        raise_open_file_limit,
+    )
+
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        max_connections=connection_cap(settings.max_connections, raise_open_file_limit()),
+    )
     uvicorn.run(
         "app.main:app_from_env",
         factory=True,
@@ -64,10 +78,15 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=partial(GuardedHttpProtocol, limits=limits),  # type: ignore[arg-type]
         log_level=settings.log_level,
         log_config=None,
         access_log=False,
+        timeout_keep_alive=max(1, round(settings.keep_alive_seconds)),
+        # Client addresses from X-Forwarded-For only behind a proxy the operator named:
+        # otherwise any client (even on loopback) could write what the access log shows.
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
         # The app's drain already gave in-flight requests the grace period.
         timeout_graceful_shutdown=FINAL_CLOSE_SECONDS,
     )

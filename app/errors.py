@@ -79,6 +79,13 @@ class UnsupportedMediaType(ServingError):
     reason = "unsupported_media_type"
 
 
+class ResponseTooLarge(ServingError):
+    """The outputs asked for would make a response over the server's limit."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+    reason = "response_too_large"
+
+
 class InvalidModel(ServingError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
     reason = "invalid_model"

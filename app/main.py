@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from app import __version__
 from app.api import errors, image_docs
 from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
+from app.api.json_offload import JsonDecoders
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import console, health, images, predict, repository, v1, v2
 from app.api.routes import metrics as metrics_routes
@@ -87,6 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await grpc_server.stop(FINAL_GRPC_SECONDS)
         if watcher is not None:
             await watcher.stop()
+        await app.state.json_decoders.close()
         closing = len(registry.live())
         await registry.close()
         log.info("shut down: closed the sessions of %d model versions", closing)
@@ -133,6 +135,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.installer = installer
     app.state.dataplane = dataplane
     app.state.server = state
+    app.state.json_decoders = JsonDecoders(settings.json_decode_processes)
     app.state.grpc = (
         GrpcServer(dataplane, settings.host, settings.grpc_port, reuse_port=settings.workers > 1)
         if settings.grpc_port

@@ -8,6 +8,7 @@ import zlib
 from starlette.requests import Request
 
 from app.errors import BadRequest, ClientDisconnected, PayloadTooLarge, UnsupportedMediaType
+from app.protocol.numbers import parse_int
 
 #: Content-Encoding values accepted, and zlib's window bits for each.
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -47,10 +48,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     declared = header(request, "content-length")
     if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise BadRequest("Content-Length is not an integer") from None
+        size = parse_int(declared, "Content-Length")
         if size > limit:
             raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit}")
     body = await _receive(request, limit)

@@ -140,7 +140,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         )
         model = result.model
         return codec.encode_infer_response(
-            model.name, str(model.version), result.outputs, result.request
+            model.name,
+            str(model.version),
+            result.outputs,
+            result.request,
+            limits.max_response_bytes,
         )
 
     async def ModelInfer(  # noqa: N802

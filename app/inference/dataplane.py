@@ -54,6 +54,8 @@ def limits_from(settings: Settings) -> RequestLimits:
         max_depth=settings.max_json_depth,
         max_inputs=settings.max_inputs,
         max_bytes_element=settings.max_bytes_element,
+        max_response_bytes=settings.max_response_bytes,
+        max_json_containers=settings.max_json_containers,
     )
 
 

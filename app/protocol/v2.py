@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +12,8 @@ import orjson
 from app.errors import BadRequest
 from app.protocol import binary
 from app.protocol.datatypes import numpy_dtype, v2_datatype
-from app.protocol.limits import RequestLimits
+from app.protocol.limits import DEFAULT_MAX_RESPONSE_BYTES, RequestLimits
+from app.protocol.response_size import check_response_size
 from app.protocol.tensors import decode_json_tensor, json_data, parse_shape
 from app.protocol.timeouts import timeout_parameter
 
@@ -65,6 +65,14 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise BadRequest(f"{where}: parameters must be an object")
+    return value
+
+
+def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    """A boolean parameter: JSON true or false (the string "false" is not false)."""
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}: {key} must be true or false, got {value!r:.40}")
     return value
 
 
@@ -123,19 +131,26 @@ def parse_infer_request(
     if offset != len(rest):
         raise BadRequest(f"{len(rest) - offset} bytes of binary data belong to no input")
 
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = _flag(params, "binary_data_output", False, "parameters")
     outputs: list[RequestedOutput] | None = None
     outputs_doc = doc.get("outputs")
     if outputs_doc is not None:
         if not isinstance(outputs_doc, list):
             raise BadRequest("outputs must be a list")
         outputs = []
+        seen: set[str] = set()
         for item in outputs_doc:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise BadRequest("each requested output needs a string 'name'")
-            out_params = _parameters(item.get("parameters"), f"output '{item['name']}'")
+            name = item["name"]
+            if name in seen:
+                # Each copy would be encoded again: a short request, a huge response.
+                raise BadRequest(f"output '{name:.64}' is requested more than once")
+            seen.add(name)
+            where = f"output '{name:.64}' parameters"
+            out_params = _parameters(item.get("parameters"), f"output '{name:.64}'")
             outputs.append(
-                RequestedOutput(item["name"], bool(out_params.get("binary_data", binary_default)))
+                RequestedOutput(name, _flag(out_params, "binary_data", binary_default, where))
             )
     timeout_us = timeout_parameter(params.get("timeout"))
     return InferRequest(inputs, request_id, outputs, binary_default, params, timeout_us)
@@ -146,15 +161,18 @@ def encode_infer_response(
     version: str,
     results: dict[str, np.ndarray],
     request: InferRequest,
+    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> tuple[bytes, int | None]:
     """Encode results as a v2 response; returns the body and the JSON header length when
-    any output is binary (``None`` for a plain JSON body)."""
-    wanted: Iterable[tuple[str, bool]]
+    any output is binary (``None`` for a plain JSON body). A response that would pass
+    ``max_bytes`` is refused before anything is encoded."""
+    wanted: list[tuple[str, bool]]
     if request.outputs is None:
         binary_outputs = request.binary_outputs
-        wanted = ((name, binary_outputs) for name in results)
+        wanted = [(name, binary_outputs) for name in results]
     else:
-        wanted = ((out.name, out.binary) for out in request.outputs)
+        wanted = [(out.name, out.binary) for out in request.outputs]
+    check_response_size(((results[name], as_binary) for name, as_binary in wanted), max_bytes)
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, as_binary in wanted:

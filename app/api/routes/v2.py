@@ -10,11 +10,13 @@ from starlette.responses import Response
 from app.api.body import header, read_body
 from app.api.deps import DataPlaneDep
 from app.api.fastpath import HotRoute
+from app.api.json_offload import json_decoders
 from app.api.responses import BytesResponse, error_response, json_response
 from app.errors import ServingError
 from app.inference.context import RequestContext
 from app.inference.dataplane import DataPlane
 from app.protocol import binary
+from app.protocol.json_bodies import OFFLOAD_BYTES, v2_request
 from app.protocol.schemas import (
     V2_INFER_EXAMPLE,
     ErrorBody,
@@ -23,7 +25,7 @@ from app.protocol.schemas import (
     ModelMetadata,
     request_body,
 )
-from app.protocol.v2 import encode_infer_response, parse_infer_request
+from app.protocol.v2 import encode_infer_response
 
 router = APIRouter(tags=["v2"])
 
@@ -114,15 +116,19 @@ async def infer(
     limits = dataplane.limits
     header_length = binary.parse_header_length(header(request, HEADER_LENGTH))
     body = await read_body(request, limits.max_request_bytes)
-    result = await dataplane.infer(
-        model_name,
-        model_version,
-        lambda _: parse_infer_request(body, header_length, limits),
-        context,
-    )
+    if (len(body) if header_length is None else header_length) > OFFLOAD_BYTES:
+        decoded = await json_decoders(request).run("v2_request", body, header_length, limits)
+        result = await dataplane.infer(model_name, model_version, lambda _: decoded, context)
+    else:
+        result = await dataplane.infer(
+            model_name,
+            model_version,
+            lambda _: v2_request(body, header_length, limits),
+            context,
+        )
     model = result.model
     content, json_length = encode_infer_response(
-        model.name, str(model.version), result.outputs, result.request
+        model.name, str(model.version), result.outputs, result.request, limits.max_response_bytes
     )
     if json_length is None:
         return BytesResponse(content)
