@@ -62,14 +62,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning(
             "uploads reach only the worker that took them: set ONNX_SERVE_REPOSITORY_POLL_SECONDS"
         )
-    await registry.load_all()
-    if watcher is not None:
-        watcher.start()
     state: ServerState = app.state.server
-    state.ready = True
     grpc_server: GrpcServer | None = app.state.grpc
-    if grpc_server is not None:
-        await grpc_server.start()
+
+    async def load_then_serve() -> None:
+        # The HTTP server listens meanwhile: liveness answers, each model serves once it has
+        # loaded, and a model that takes long (up to its time limit) holds up none of the
+        # others; readiness (and gRPC) come when every model has loaded or failed.
+        await registry.load_all()
+        if watcher is not None:
+            watcher.start()
+        state.ready = True
+        if grpc_server is not None and not state.shutting_down:
+            await grpc_server.start()
+
+    startup = asyncio.create_task(load_then_serve())
+    startup.add_done_callback(_log_failure)
     # With worker processes a scrape reads every worker's series from shared files: each
     # worker moves its figures there on its own (a single process does it at each scrape).
     flushing = (
@@ -83,6 +91,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         restore_signals()
         state.shut_down()
+        if not startup.done():
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await startup
         if grpc_server is not None:
             # Calls still running after the drain's grace period get a last second.
             await grpc_server.stop(FINAL_GRPC_SECONDS)
@@ -101,6 +113,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("startup failed", exc_info=task.exception())
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     """Build a fresh app; models load when its lifespan starts."""
     metrics = metrics if metrics is not None else Metrics()
@@ -116,7 +133,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             runner_for, metrics=metrics, default_timeout_us=settings.default_timeout_us
         ),
     )
-    installer = ModelInstaller(registry)
+    installer = ModelInstaller(registry, settings)
     dataplane = DataPlane(registry, installer, metrics, settings, state)
     metrics.requests_in_flight = lambda: state.inflight.count
 

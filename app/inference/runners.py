@@ -18,10 +18,11 @@ from app.registry.model import Feeds, ModelVersion, RunContext, Runner, RunResul
 class PoolRunner:
     """Runs each request on its own session run, waiting for a free session if need be."""
 
-    __slots__ = ("_pool", "_series", "_default_timeout_us")
+    __slots__ = ("_pool", "_series", "_default_timeout_us", "_warmed")
 
     def __init__(self, model: ModelVersion, metrics: Metrics, default_timeout_us: int = 0) -> None:
         self._pool = model.pool
+        self._warmed = model.config.warmup.enabled
         self._series = metrics.series(model.name, str(model.version))
         #: Wait for a session of requests that set no timeout (0: none).
         self._default_timeout_us = default_timeout_us
@@ -40,7 +41,7 @@ class PoolRunner:
                 abandoned=context.disconnected,
             )
         except Exception as exc:
-            raise runtime_error(exc) from None
+            raise runtime_error(exc, self._warmed) from None
         count_execution(self._series, rows, computed)
         return dict(zip(outputs, results, strict=True)), queued, computed
 

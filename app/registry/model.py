@@ -19,6 +19,7 @@ from app.protocol.datatypes import ORT_TO_V2, V2_TO_NUMPY
 from app.registry import providers as prov
 from app.registry.config import ModelConfig, SessionConfig
 from app.registry.session_pool import SessionPool
+from app.registry.time_limits import Deadline, StepTimedOut, no_deadline
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +248,12 @@ def load_version(
     require_accelerator: bool,
     cpu_quota: int,
     labels: list[str] | None = None,
+    deadline: Deadline | None = None,
 ) -> ModelVersion:
-    """Create the pool of sessions for one version, check providers, warm up (blocking)."""
+    """Create the pool of sessions for one version, check providers, warm up (blocking).
+
+    Warm-up runs are terminated at ``deadline`` (then ``StepTimedOut``)."""
+    run = deadline.run if deadline is not None else no_deadline
     start = time.perf_counter()
     instances = config.instances
     threads = max(1, cpu_quota // instances.count)
@@ -317,7 +322,10 @@ def load_version(
             for batch in sizes:
                 feeds = warmup_feeds(inputs, min(batch, max_batch) if max_batch else 1)
                 for session in sessions:
-                    session.run(None, feeds)
+                    run(session, feeds)
+        except StepTimedOut:
+            pool.retire(0)
+            raise
         except Exception as exc:
             pool.retire(0)
             raise InvalidModel(f"warm-up inference failed: {exc}") from None

@@ -15,6 +15,7 @@ from app.optimize.loading import load_served_version, optimization_labels
 from app.registry.model import ModelVersion, Runner
 from app.registry.providers import cpu_quota
 from app.registry.repository import ModelRepository, parse_version, validate_name
+from app.registry.time_limits import load_in_time
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,21 @@ class ModelRegistry:
         return lock
 
     async def load_all(self) -> None:
-        """Load every model in the repository; failures are recorded, never raised."""
-        for name in self.repository.model_names():
-            try:
-                await self.load(name)
-            except ServingError as exc:
-                log.error("model %s failed to load: %s", name, exc.message)
+        """Load every model in the repository; failures are recorded, never raised.
+
+        Models load a few at a time, so that one whose load takes long (up to its time
+        limit) holds up none of the others.
+        """
+        slots = asyncio.Semaphore(max(2, min(4, self._cpu_quota)))
+
+        async def load_one(name: str) -> None:
+            async with slots:
+                try:
+                    await self.load(name)
+                except ServingError as exc:
+                    log.error("model %s failed to load: %s", name, exc.message)
+
+        await asyncio.gather(*(load_one(name) for name in self.repository.model_names()))
 
     async def load(self, name: str) -> list[ModelVersion]:
         """(Re)load the versions of ``name`` its policy selects; the old ones serve until the
@@ -169,7 +179,9 @@ class ModelRegistry:
             failed: set[str] = set()
             for v in versions:
                 try:
-                    model = await asyncio.to_thread(
+                    # Within time limits, on a thread of its own (app/registry/time_limits.py).
+                    model = await load_in_time(
+                        self._settings,
                         load_served_version,
                         name,
                         v,
