@@ -29,6 +29,7 @@ from app.inference.lifecycle import ServerState
 from app.inference.runners import runner_for
 from app.log import configure_logging
 from app.metrics import Metrics, flush_periodically, multiprocess_dir
+from app.metrics.loop_lag import LoopLag
 from app.protocol.schemas import component_schemas
 from app.registry.cuda_libraries import preload_cuda_libraries
 from app.registry.installer import ModelInstaller
@@ -76,6 +77,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if grpc_server is not None and not state.shutting_down:
             await grpc_server.start()
 
+    loop_lag = LoopLag()
+    app.state.metrics.loop_lag = loop_lag.take
+    watching = asyncio.create_task(loop_lag.watch())
     startup = asyncio.create_task(load_then_serve())
     startup.add_done_callback(_log_failure)
     # With worker processes a scrape reads every worker's series from shared files: each
@@ -91,10 +95,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         restore_signals()
         state.shut_down()
-        if not startup.done():
-            startup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await startup
+        for task in (startup, watching):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if grpc_server is not None:
             # Calls still running after the drain's grace period get a last second.
             await grpc_server.stop(FINAL_GRPC_SECONDS)

@@ -18,6 +18,7 @@ from app.errors import InvalidModel
 from app.protocol.datatypes import ORT_TO_V2, V2_TO_NUMPY
 from app.registry import providers as prov
 from app.registry.config import ModelConfig, SessionConfig
+from app.registry.inline_runs import provably_cheap
 from app.registry.session_pool import SessionPool
 from app.registry.time_limits import Deadline, StepTimedOut, no_deadline
 
@@ -32,13 +33,6 @@ CPU = "CPUExecutionProvider"
 # ``runs_inline``); its warm-up times this many runs.
 INLINE_RUN_SECONDS = 50e-6
 INLINE_PROBE_RUNS = 15
-# Operators whose cost or output size the input values can steer.
-VALUE_DRIVEN_OPS = frozenset(
-    {
-        "Loop", "Scan", "If", "Range", "ConstantOfShape", "Expand", "Tile", "Pad", "Resize",
-        "Upsample", "OneHot", "NonZero", "NonMaxSuppression", "Unique", "Compress",
-    }
-)  # fmt: skip
 PLATFORM = "onnxruntime_onnx"
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -210,32 +204,38 @@ def warmup_feeds(inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:
 
 
 def runs_inline(
-    session: ort.InferenceSession, path: Path, inputs: list[TensorSpec], max_batch: int
+    session: ort.InferenceSession,
+    path: Path,
+    inputs: list[TensorSpec],
+    max_batch: int,
+    run: Callable[[ort.InferenceSession, dict[str, np.ndarray]], object] = no_deadline,
 ) -> bool:
     """Whether runs are so short that the event loop should make them itself.
 
     Handing a run to a thread and back costs tens of microseconds, more than a small
     model's whole run. Inline runs must stay short whatever a request sends, so only a
-    model with fixed non-batch dimensions and no operator whose cost its input values
-    steer qualifies, and only if its largest batch runs in under ``INLINE_RUN_SECONDS``.
+    model with fixed non-batch dimensions whose graph is provably cheap (see
+    ``app.registry.inline_runs``) qualifies, and only if its largest batch runs in under
+    ``INLINE_RUN_SECONDS``.
     """
     if any(-1 in spec.shape[1:] for spec in inputs):
         return False
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnxruntime read it; anything odd here just means no inline runs
+        return False
+    if not provably_cheap(graph):
+        return False
+    del graph
     feeds = warmup_feeds(inputs, min(max_batch, DEFAULT_MAX_BATCH) if max_batch else 1)
     times = []
     for _ in range(INLINE_PROBE_RUNS):
         start = time.perf_counter()
-        session.run(None, feeds)
+        run(session, feeds)
         times.append(time.perf_counter() - start)
         if times[-1] > 20 * INLINE_RUN_SECONDS:
             return False
-    if sorted(times)[len(times) // 2] >= INLINE_RUN_SECONDS:
-        return False
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception:  # onnxruntime read it; anything odd here just means no inline runs
-        return False
-    return not any(node.op_type in VALUE_DRIVEN_OPS for node in graph.node)
+    return sorted(times)[len(times) // 2] < INLINE_RUN_SECONDS
 
 
 def load_version(
@@ -331,7 +331,7 @@ def load_version(
             raise InvalidModel(f"warm-up inference failed: {exc}") from None
     batching = config.dynamic_batching is not None and config.dynamic_batching.enabled
     if config.warmup.enabled and actual[0] == CPU and not batching:
-        pool.inline = runs_inline(sessions[0], path, inputs, max_batch)
+        pool.inline = runs_inline(sessions[0], path, inputs, max_batch, run)
         if pool.inline:
             log.info("model %s v%d runs on the event loop (runs take microseconds)", name, version)
     model.load_seconds = time.perf_counter() - start
