@@ -53,6 +53,7 @@ DESCRIPTION = (
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     registry: ModelRegistry = app.state.registry
+    dataplane: DataPlane = app.state.dataplane
     if settings.management_api_key is None and settings.allow_open_management:
         log.warning("management endpoints are open to anyone: no API key is configured")
     registry.repository.clean_staging()
@@ -106,6 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if watcher is not None:
             await watcher.stop()
         await app.state.json_decoders.close()
+        dataplane.image_decoders.close()
         closing = len(registry.live())
         await registry.close()
         log.info("shut down: closed the sessions of %d model versions", closing)

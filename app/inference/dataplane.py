@@ -8,7 +8,6 @@ never comes back up.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -19,8 +18,9 @@ from app.errors import ModelNotReady
 from app.inference.access import AccessKeys
 from app.inference.context import RequestContext
 from app.inference.descriptions import model_config, model_metadata
-from app.inference.images import ImageOptions, image_answer, image_call, prepare
+from app.inference.images import ImageDecoders, ImageOptions, image_answer, image_call
 from app.inference.lifecycle import ServerState
+from app.inference.preprocessing import ImageLimits
 from app.inference.validation import output_names, validate_inputs
 from app.metrics import Metrics, RequestObservation
 from app.protocol.limits import RequestLimits
@@ -56,6 +56,14 @@ def limits_from(settings: Settings) -> RequestLimits:
         max_bytes_element=settings.max_bytes_element,
         max_response_bytes=settings.max_response_bytes,
         max_json_containers=settings.max_json_containers,
+    )
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(
+        max_pixels=settings.max_image_pixels,
+        max_decoded_bytes=settings.max_decoded_image_bytes,
+        max_request_pixels=settings.max_request_image_pixels,
     )
 
 
@@ -128,6 +136,9 @@ class DataPlane:
         self.state = state
         self.limits = limits_from(settings)
         self.access = AccessKeys(settings)
+        self.image_decoders = ImageDecoders(
+            image_limits(settings), settings.image_decode_concurrency
+        )
 
     # ---- health and metadata -----------------------------------------------------------------
 
@@ -243,9 +254,7 @@ class DataPlane:
         """Decode and preprocess images off the event loop, run them as one batch, label."""
         with ServedRequest(self, name, version, context) as (model, observation):
             call = image_call(model, len(images), options)
-            tensor = await asyncio.to_thread(
-                prepare, images, call.pre, self.settings.max_image_pixels, options.invert
-            )
+            tensor = await self.image_decoders.prepare(images, call.pre, options.invert)
             results = await self._run(
                 model, observation, {call.pre.input: tensor}, call.outputs, context
             )

@@ -158,6 +158,12 @@ async def read_upload(request: Request) -> ImageRequest:
             if name == "file":
                 if not isinstance(value, UploadFile):
                     raise BadRequest("'file' must be a file part (curl -F file=@image.png)")
+                part_type = (value.content_type or "").partition(";")[0].strip().lower()
+                if part_type.startswith("image/") and part_type not in MEDIA_TYPES:
+                    raise UnsupportedMediaType(
+                        f"a 'file' part is {part_type:.60}, which is not supported: send "
+                        f"{SUPPORTED}"
+                    )
                 images.append(await value.read())
             elif isinstance(value, UploadFile):
                 raise BadRequest(f"unexpected file part '{name}': send images as 'file'")
