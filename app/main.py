@@ -137,7 +137,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         settings,
         metrics,
         runner_factory=partial(
-            runner_for, metrics=metrics, default_timeout_us=settings.default_timeout_us
+            runner_for,
+            metrics=metrics,
+            default_timeout_us=settings.default_timeout_us,
+            max_waiting=settings.max_queued_requests,
         ),
     )
     installer = ModelInstaller(registry, settings)

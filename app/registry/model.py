@@ -19,6 +19,7 @@ from app.protocol.datatypes import ORT_TO_V2, V2_TO_NUMPY
 from app.registry import providers as prov
 from app.registry.config import ModelConfig, SessionConfig
 from app.registry.inline_runs import provably_cheap
+from app.registry.row_check import batches_rows, mixed_output
 from app.registry.session_pool import SessionPool
 from app.registry.time_limits import Deadline, StepTimedOut, no_deadline
 
@@ -329,6 +330,17 @@ def load_version(
         except Exception as exc:
             pool.retire(0)
             raise InvalidModel(f"warm-up inference failed: {exc}") from None
+    if batches_rows(config, max_batch):
+        # app/registry/row_check.py: batching must not hand one client another's values.
+        specs = [(i.name, i.datatype, i.dtype, i.shape) for i in inputs]
+        mixed = mixed_output(sessions[0], specs, [o.name for o in outputs], run)
+        if mixed is not None:
+            pool.retire(0)
+            raise InvalidModel(
+                f"dynamic batching is configured, but the rows of output '{mixed}' depend on "
+                "other rows of the batch (an operation over the batch axis): requests batched "
+                "together would see each other's values; turn dynamic_batching off"
+            )
     batching = config.dynamic_batching is not None and config.dynamic_batching.enabled
     if config.warmup.enabled and actual[0] == CPU and not batching:
         pool.inline = runs_inline(sessions[0], path, inputs, max_batch, run)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from app.errors import ModelNotReady, QueueTimeout
+from app.errors import ModelNotReady, QueueFull, QueueTimeout
 
 Feeds = dict[str, np.ndarray]
 T = TypeVar("T")
@@ -129,17 +129,26 @@ class SessionPool:
         *,
         queue_timeout: float | None = None,
         abandoned: Callable[[], Awaitable[object]] | None = None,
+        max_waiting: int = 0,
     ) -> tuple[list[np.ndarray], float, float]:
         """Run in the pool's executor; returns outputs, queue seconds and compute seconds.
 
         The wait for a free session ends after ``queue_timeout`` seconds (QueueTimeout). When
         ``abandoned`` returns (the client went away) a waiting run leaves the queue and a run
         that has lasted ``WATCH_RUNS_AFTER`` seconds is terminated, freeing its session; both
-        raise RunAbandoned. A run that has started is not bounded by ``queue_timeout``. When
+        raise RunAbandoned. A run that has started is not bounded by ``queue_timeout``. With
+        ``max_waiting`` requests already waiting for a session, a new one is refused
+        (QueueFull, 503 with Retry-After; 0: no limit). When
         the caller's task is cancelled, its run is dropped or terminated alike.
         """
         if self.inline:
             return self._run_inline(feeds, outputs)
+        if max_waiting and self._runs - self.size >= max_waiting:
+            # Admission control: a wait that long helps nobody; the client retries later.
+            raise QueueFull(
+                f"{max_waiting} requests already wait for a session of this model",
+                retry_after=1.0,
+            )
         self._enter()
         submitted = time.perf_counter()
         # With a session free the run starts at once: nothing to bound, and its client is
