@@ -45,9 +45,7 @@ def deep_png() -> bytes:
 
 def post(server: RunningServer, *images: bytes, kind: str = "image/png") -> httpx.Response:
     files = [("file", (f"{i}.png", data, kind)) for i, data in enumerate(images)]
-    return httpx.post(
-        server.url + "/predict", data={"model": "digits"}, files=files, timeout=120
-    )
+    return httpx.post(server.url + "/predict", data={"model": "digits"}, files=files, timeout=120)
 
 
 def test_a_deep_image_costs_its_own_size_and_is_given_back(

@@ -52,9 +52,12 @@ def test_a_loop_in_a_function_runs_off_the_event_loop(server: RunningServer) -> 
                        timeout=1.5)  # fmt: skip
         # Alternating slow and fast requests cannot keep it inline either.
         for trips in (3, 300_000, 3, 300_000, 3):
-            assert httpx.post(
-                server.url + "/v2/models/looping/infer", json=looping(trips), timeout=60
-            ).status_code == 200
+            assert (
+                httpx.post(
+                    server.url + "/v2/models/looping/infer", json=looping(trips), timeout=60
+                ).status_code
+                == 200
+            )
     assert not probe.failures, probe.failures
     # Inline, the first request alone held the loop for ten seconds.
     assert probe.worst < 2.0, probe.worst
