@@ -20,7 +20,8 @@ from typing import Any
 from starlette.requests import Request
 
 from app.errors import InferenceFailed, ServingError
-from app.protocol.json_bodies import OFFLOAD_BYTES, check_containers
+from app.protocol.containers import check_containers
+from app.protocol.json_bodies import OFFLOAD_BYTES
 from app.protocol.json_worker import FRAME
 from app.protocol.limits import RequestLimits
 from app.protocol.v2 import loads_object

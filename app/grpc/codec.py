@@ -139,7 +139,7 @@ def encode_infer_response(
     """The outputs as a ``ModelInferResponse`` with raw_output_contents, in the requested
     order (else the model's); refused when they would pass ``max_bytes``."""
     names = request.output_names() or list(outputs)
-    check_response_size(((outputs[name], True) for name in names), max_bytes)
+    check_response_size([(outputs[name], True) for name in names], max_bytes)
     response = service_pb2.ModelInferResponse(
         model_name=model, model_version=version, id=request.id or ""
     )

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import BadRequest
+from app.protocol.containers import check_containers
 from app.protocol.limits import RequestLimits
 from app.protocol.v2 import InferRequest, loads_object, parse_infer_request
 
@@ -24,23 +25,8 @@ from app.protocol.v2 import InferRequest, loads_object, parse_infer_request
 OFFLOAD_BYTES = 256 * 1024
 
 
-def check_containers(body: bytes | memoryview, limit: int) -> None:
-    """Refuse a body that could hold more than ``limit`` JSON arrays and objects."""
-    if len(body) <= 2 * limit:
-        return  # every container takes at least two bytes: nothing to count
-    data = bytes(body) if isinstance(body, memoryview) else body
-    found = data.count(b"[") + data.count(b"{")
-    if found > limit:
-        raise BadRequest(
-            f"the JSON body has up to {found} arrays and objects, over the limit of {limit} "
-            "(max_json_containers): send tensor data flat, or binary"
-        )
-
-
 def v2_request(body: bytes, header_length: int | None, limits: RequestLimits) -> InferRequest:
     """A v2 infer request, decoded whole (JSON, or JSON header plus binary tensors)."""
-    json_part = body if header_length is None else memoryview(body)[:header_length]
-    check_containers(json_part, limits.max_json_containers)
     return parse_infer_request(body, header_length, limits)
 
 

@@ -8,7 +8,7 @@ clear error instead of gigabytes of text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -50,20 +50,19 @@ def _json_bytes(array: np.ndarray) -> int:
     return array.size * _JSON_ELEMENT_BYTES.get(array.dtype.char, 25)
 
 
-def check_response_size(outputs: Iterable[tuple[np.ndarray, bool]], limit: int) -> None:
+def check_response_size(outputs: Sequence[tuple[np.ndarray, bool]], limit: int) -> None:
     """Refuse outputs whose response would pass ``limit`` bytes (each: array, is binary)."""
-    items = list(outputs)
     raw = 0
-    for array, _ in items:
-        if array.dtype.kind in ("O", "U", "S"):
+    for array, _ in outputs:
+        if array.dtype.hasobject:
             break
         raw += array.nbytes
     else:
         if raw * _MAX_EXPANSION <= limit:
             return  # the common case: nothing can be near the limit
     total = 0
-    for array, binary in items:
-        if binary and array.dtype.kind not in ("O", "U", "S"):
+    for array, binary in outputs:
+        if binary and not array.dtype.hasobject:
             total += array.nbytes
         elif binary:
             total += sum(len(str(v).encode()) + 4 for v in array.ravel())

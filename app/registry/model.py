@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -209,7 +210,7 @@ def runs_inline(
     path: Path,
     inputs: list[TensorSpec],
     max_batch: int,
-    run: Callable[[ort.InferenceSession, dict[str, np.ndarray]], object] = no_deadline,
+    deadline: Deadline | None = None,
 ) -> bool:
     """Whether runs are so short that the event loop should make them itself.
 
@@ -217,7 +218,7 @@ def runs_inline(
     model's whole run. Inline runs must stay short whatever a request sends, so only a
     model with fixed non-batch dimensions whose graph is provably cheap (see
     ``app.registry.inline_runs``) qualifies, and only if its largest batch runs in under
-    ``INLINE_RUN_SECONDS``.
+    ``INLINE_RUN_SECONDS``. The probe runs end at ``deadline``.
     """
     if any(-1 in spec.shape[1:] for spec in inputs):
         return False
@@ -230,12 +231,13 @@ def runs_inline(
     del graph
     feeds = warmup_feeds(inputs, min(max_batch, DEFAULT_MAX_BATCH) if max_batch else 1)
     times = []
-    for _ in range(INLINE_PROBE_RUNS):
-        start = time.perf_counter()
-        run(session, feeds)
-        times.append(time.perf_counter() - start)
-        if times[-1] > 20 * INLINE_RUN_SECONDS:
-            return False
+    with deadline.options() if deadline is not None else contextlib.nullcontext() as options:
+        for _ in range(INLINE_PROBE_RUNS):
+            start = time.perf_counter()
+            session.run(None, feeds, options)
+            times.append(time.perf_counter() - start)
+            if times[-1] > 20 * INLINE_RUN_SECONDS:
+                return False
     return sorted(times)[len(times) // 2] < INLINE_RUN_SECONDS
 
 
@@ -343,7 +345,7 @@ def load_version(
             )
     batching = config.dynamic_batching is not None and config.dynamic_batching.enabled
     if config.warmup.enabled and actual[0] == CPU and not batching:
-        pool.inline = runs_inline(sessions[0], path, inputs, max_batch, run)
+        pool.inline = runs_inline(sessions[0], path, inputs, max_batch, deadline)
         if pool.inline:
             log.info("model %s v%d runs on the event loop (runs take microseconds)", name, version)
     model.load_seconds = time.perf_counter() - start

@@ -61,7 +61,7 @@ def mixed_output(
     for j, name in enumerate(output_names):
         batch = together[j]
         if batch.ndim == 0 or batch.shape[0] != ROWS:
-            return name
+            continue  # not one row a row: the batcher runs such requests one at a time
         for i in range(ROWS):
             if not _same(batch[i : i + 1], alone[i][j]):
                 return name

@@ -26,15 +26,13 @@ class RunAbandoned(Exception):
     """A run left the queue because its client went away (nobody would read the result)."""
 
 
-# An inline run slower than this (on the wall clock) sends its pool's runs to its threads.
-# Only a provably cheap graph runs inline (app/registry/inline_runs.py), so a slow run is the
-# machine's doing (a preemption) rather than a request's; the pool comes back inline once
-# ``PROMOTE_AFTER_RUNS`` runs in a row on its threads, over ``PROMOTE_AFTER_SECONDS`` at
-# least, each took under ``PROMOTE_RUN_SECONDS``.
-INLINE_SLOW_RUN = 0.005
-PROMOTE_RUN_SECONDS = 50e-6
-PROMOTE_AFTER_RUNS = 1000
-PROMOTE_AFTER_SECONDS = 10.0
+# An inline run that takes more CPU than this sends its pool's runs to its threads for good.
+# Runs are timed on the wall clock (free); one that takes this long has the next
+# ``CPU_TIMED_RUNS`` runs timed on the thread's CPU clock (a system call), which preemptions
+# by other processes, not the model's doing, do not inflate. Every run of that window is
+# timed, so runs that alternate slow and fast cannot slip through.
+INLINE_SLOW_RUN = 0.002
+CPU_TIMED_RUNS = 64
 
 # Runs that started at once watch their client only after this many seconds.
 WATCH_RUNS_AFTER = 0.05
@@ -100,10 +98,8 @@ class SessionPool:
         #: Run on the event loop itself: set at load for models whose runs take microseconds
         #: (a hand-off to a thread would cost more than the run), cleared by a slow run.
         self.inline = False
-        # Since when runs went to threads after a slow inline one (None: not demoted), and
-        # how many fast runs in a row they have made since.
-        self._demoted_at: float | None = None
-        self._fast_runs = 0
+        # Inline runs still to time on the CPU clock, after one slow on the wall clock.
+        self._cpu_timed = 0
         # Runs submitted through ``run`` and not finished (touched on the event loop only).
         self._runs = 0
 
@@ -179,8 +175,6 @@ class SessionPool:
                 if watch is not None and watch.gone:
                     raise RunAbandoned("the client went away: its run was stopped") from None
                 raise
-            if self._demoted_at is not None:
-                self._count_towards_inline(compute)
             return result, started - submitted, compute
         except asyncio.CancelledError:
             # The caller is gone (a cancelled gRPC call, say): a run that already started is
@@ -197,33 +191,26 @@ class SessionPool:
     ) -> tuple[list[np.ndarray], float, float]:
         # Nothing else runs while the loop is here, so a session is free: no queue, no wait.
         self._enter()
+        timed = self._cpu_timed
+        cpu = time.thread_time() if timed else 0.0
         try:
             result, compute = self.run_blocking(feeds, outputs)
         finally:
             self._leave()
-        if compute > INLINE_SLOW_RUN:
-            self.inline = False
-            self._demoted_at = time.monotonic()
-            self._fast_runs = 0
-            log.warning(
-                "%s: a run took %.1f ms on the event loop; runs go to threads until they "
-                "prove fast again",
-                self.label, compute * 1000,
-            )  # fmt: skip
+        if timed:
+            self._cpu_timed = timed - 1
+            cpu = time.thread_time() - cpu
+            if cpu > INLINE_SLOW_RUN:
+                # The model itself made this run slow: its runs go to its threads for good.
+                self.inline = False
+                log.warning(
+                    "%s: a run took %.1f ms of CPU on the event loop; runs go to threads from "
+                    "now on",
+                    self.label, cpu * 1000,
+                )  # fmt: skip
+        elif compute > INLINE_SLOW_RUN:
+            self._cpu_timed = CPU_TIMED_RUNS
         return result, 0.0, compute
-
-    def _count_towards_inline(self, compute: float) -> None:
-        """After a demotion: back inline once enough runs in a row proved fast."""
-        if compute >= PROMOTE_RUN_SECONDS:
-            self._fast_runs = 0
-            return
-        self._fast_runs += 1
-        if self._fast_runs >= PROMOTE_AFTER_RUNS:
-            assert self._demoted_at is not None
-            if time.monotonic() - self._demoted_at >= PROMOTE_AFTER_SECONDS:
-                self.inline = True
-                self._demoted_at = None
-                log.info("%s: runs proved fast again; they run on the event loop", self.label)
 
     def _run_ended(self) -> None:
         self._runs -= 1

@@ -18,9 +18,10 @@ The model is then UNAVAILABLE with the reason (or its upload refused) and the ot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -75,8 +76,10 @@ class Deadline:
             for options in self._runs:
                 options.terminate = True
 
-    def run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """``session.run(None, feeds)``, terminated at the deadline (``StepTimedOut``)."""
+    @contextlib.contextmanager
+    def options(self) -> Iterator[ort.RunOptions]:
+        """``RunOptions`` for session runs that are terminated at the deadline; a run that
+        fails after it raises ``StepTimedOut``."""
         options = ort.RunOptions()
         # A terminated run is reported as a timeout; onnxruntime need not log it as well.
         options.log_severity_level = 4
@@ -88,8 +91,7 @@ class Deadline:
         timer.daemon = True
         timer.start()
         try:
-            result: list[np.ndarray] = session.run(None, feeds, options)
-            return result
+            yield options
         except Exception:
             if options.terminate:
                 raise self.error() from None
@@ -98,6 +100,12 @@ class Deadline:
             timer.cancel()
             with self._lock:
                 self._runs.discard(options)
+
+    def run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``session.run(None, feeds)``, terminated at the deadline (``StepTimedOut``)."""
+        with self.options() as options:
+            result: list[np.ndarray] = session.run(None, feeds, options)
+        return result
 
     def _terminate(self, options: ort.RunOptions) -> None:
         options.terminate = True

@@ -68,18 +68,22 @@ def test_a_slow_inline_run_sends_runs_back_to_threads(tmp_path: Path) -> None:
     async def run() -> None:
         await model.pool.run(feeds, None)
 
-    # One slow run is enough, whatever the runs around it (fast ones cannot keep it inline).
-    asyncio.run(run())
-    assert not model.pool.inline
+    # A slow run (wall clock) has the runs after it timed on the CPU clock: fast ones in
+    # between cannot keep it inline, the next slow one sends it to threads for good.
     fast = {**feeds, "spin": np.zeros((1, 1), np.int64)}
 
-    async def fast_runs(count: int) -> None:
-        for _ in range(count):
-            await model.pool.run(fast, None)
+    async def fast_run() -> None:
+        await model.pool.run(fast, None)
 
-    # Fast runs on the threads bring it back only with sustained evidence (many runs over
-    # some time); a few hundred do not.
-    asyncio.run(fast_runs(300))
+    asyncio.run(run())
+    assert model.pool.inline
+    for _ in range(5):
+        asyncio.run(fast_run())
+    assert model.pool.inline
+    asyncio.run(run())
+    assert not model.pool.inline
+    for _ in range(300):
+        asyncio.run(fast_run())
     assert not model.pool.inline
 
 

@@ -63,7 +63,7 @@ async def predict(request: Request, context: RequestContext) -> Response:
 
     result = await dataplane.infer(name, version, decode, context)
     check_response_size(
-        ((a, False) for a in result.outputs.values()), dataplane.limits.max_response_bytes
+        [(a, False) for a in result.outputs.values()], dataplane.limits.max_response_bytes
     )
     unbatched = result.request.unbatched
     outputs = {n: jsonable(a[0] if unbatched else a) for n, a in result.outputs.items()}

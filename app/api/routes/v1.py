@@ -52,7 +52,7 @@ async def predict(request: Request, context: RequestContext, model_name: str) ->
         return InferRequest(instances_inputs(model, doc["instances"], limits))
 
     result = await dataplane.infer(model_name, None, decode, context)
-    check_response_size(((a, False) for a in result.outputs.values()), limits.max_response_bytes)
+    check_response_size([(a, False) for a in result.outputs.values()], limits.max_response_bytes)
     return json_response({"predictions": predictions(result.model, result.outputs)})
 
 

@@ -16,7 +16,7 @@ from app.errors import ServingError
 from app.inference.context import RequestContext
 from app.inference.dataplane import DataPlane
 from app.protocol import binary
-from app.protocol.json_bodies import OFFLOAD_BYTES, v2_request
+from app.protocol.json_bodies import OFFLOAD_BYTES
 from app.protocol.schemas import (
     V2_INFER_EXAMPLE,
     ErrorBody,
@@ -25,7 +25,7 @@ from app.protocol.schemas import (
     ModelMetadata,
     request_body,
 )
-from app.protocol.v2 import encode_infer_response
+from app.protocol.v2 import encode_infer_response, parse_infer_request
 
 router = APIRouter(tags=["v2"])
 
@@ -116,14 +116,14 @@ async def infer(
     limits = dataplane.limits
     header_length = binary.parse_header_length(header(request, HEADER_LENGTH))
     body = await read_body(request, limits.max_request_bytes)
-    if (len(body) if header_length is None else header_length) > OFFLOAD_BYTES:
+    if len(body) > OFFLOAD_BYTES and (header_length is None or header_length > OFFLOAD_BYTES):
         decoded = await json_decoders(request).run("v2_request", body, header_length, limits)
         result = await dataplane.infer(model_name, model_version, lambda _: decoded, context)
     else:
         result = await dataplane.infer(
             model_name,
             model_version,
-            lambda _: v2_request(body, header_length, limits),
+            lambda _: parse_infer_request(body, header_length, limits),
             context,
         )
     model = result.model
