@@ -259,7 +259,11 @@ class ModelInstaller:
         labelled = plan.labels is not None or (
             self.repository.has_model(name) and self.repository.labels(name) is not None
         )
-        staged = await asyncio.to_thread(
+        # The step kills its worker process at its own limit; the thread that waits for it
+        # is one of its own, never the event loop's executor.
+        staged = await run_step(
+            f"optimising model {name}",
+            plan.optimize.timeout_seconds + self.check_seconds,
             optimize_staged,
             stage.path("optimized"),
             name,
