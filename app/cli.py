@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from types import FrameType
 
 from pydantic import ValidationError
@@ -25,6 +27,21 @@ FINAL_CLOSE_SECONDS = 1
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
+
+
+def _leave_unfinished_steps() -> None:
+    """Exit at once when a model step still runs on its thread (building a session cannot be
+    interrupted): everything else is closed, and finalising the interpreter under a thread
+    inside onnxruntime would abort the process."""
+    from app.registry.time_limits import steps_running
+
+    running = steps_running()
+    if running:
+        logging.getLogger(__name__).warning(
+            "exiting with %d model loads or checks unfinished", running
+        )
+        logging.shutdown()
+        os._exit(0)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -56,20 +73,45 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    uvicorn.run(
-        "app.main:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        log_config=None,
-        access_log=False,
-        # The app's drain already gave in-flight requests the grace period.
-        timeout_graceful_shutdown=FINAL_CLOSE_SECONDS,
+    from app.api.connections import (
+        ConnectionLimits,
+        GuardedHttpProtocol,
+        connection_cap,
+        raise_open_file_limit,
     )
+
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+        max_connections=connection_cap(settings.max_connections, raise_open_file_limit()),
+    )
+    try:
+        uvicorn.run(
+            "app.main:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http=partial(GuardedHttpProtocol, limits=limits),  # type: ignore[arg-type]
+            log_level=settings.log_level,
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=max(1, round(settings.keep_alive_seconds)),
+            # Client addresses from X-Forwarded-For only behind a proxy the operator named:
+            # otherwise any client (even on loopback) could write what the access log shows.
+            proxy_headers=settings.forwarded_allow_ips is not None,
+            forwarded_allow_ips=settings.forwarded_allow_ips or "",
+            # The app's drain already gave in-flight requests the grace period.
+            timeout_graceful_shutdown=FINAL_CLOSE_SECONDS,
+        )
+    except SystemExit as exc:
+        # How uvicorn ends after a signal (see _exit_cleanly).
+        if exc.code in (0, None):
+            _leave_unfinished_steps()
+        raise
+    _leave_unfinished_steps()
     return 0
 
 

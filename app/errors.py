@@ -5,7 +5,21 @@
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
+
+# An absolute POSIX path (not a URL's, nor "N/A"): at least one folder, then a name.
+_PATH = re.compile(r"(?<![\w.~:/-])/(?:[\w.@+~=,-]+/)+([\w.@+~=,-]+)")
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part.
+
+    Errors of onnxruntime, onnx and the filesystem name the server's files (the repository's
+    location, staging folders named after the host and process); clients see which file,
+    never where it lives.
+    """
+    return _PATH.sub(r"\1", text)
 
 
 class ServingError(Exception):
@@ -77,6 +91,13 @@ class PayloadTooLarge(ServingError):
 class UnsupportedMediaType(ServingError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     reason = "unsupported_media_type"
+
+
+class ResponseTooLarge(ServingError):
+    """The outputs asked for would make a response over the server's limit."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+    reason = "response_too_large"
 
 
 class InvalidModel(ServingError):

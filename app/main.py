@@ -17,6 +17,7 @@ from app import __version__
 from app.api import errors
 from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
 from app.api.head import HeadAsGet
+from app.api.json_offload import JsonDecoders
 from app.api.middleware import RequestContextMiddleware
 from app.api.openapi import build_openapi
 from app.api.routes import console, health, images, predict, repository, v1, v2
@@ -29,6 +30,7 @@ from app.inference.lifecycle import ServerState
 from app.inference.runners import runner_for
 from app.log import configure_logging
 from app.metrics import Metrics, flush_periodically, multiprocess_dir
+from app.metrics.loop_lag import LoopLag
 from app.registry.cuda_libraries import preload_cuda_libraries
 from app.registry.installer import ModelInstaller
 from app.registry.registry import ModelRegistry
@@ -53,6 +55,7 @@ DESCRIPTION = (
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     registry: ModelRegistry = app.state.registry
+    dataplane: DataPlane = app.state.dataplane
     if settings.management_api_key is None and settings.allow_open_management:
         log.warning("management endpoints are open to anyone: no API key is configured")
     registry.repository.clean_staging()
@@ -63,14 +66,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning(
             "uploads reach only the worker that took them: set ONNX_SERVE_REPOSITORY_POLL_SECONDS"
         )
-    await registry.load_all()
-    if watcher is not None:
-        watcher.start()
     state: ServerState = app.state.server
-    state.ready = True
     grpc_server: GrpcServer | None = app.state.grpc
-    if grpc_server is not None:
-        await grpc_server.start()
+
+    async def load_then_serve() -> None:
+        # The HTTP server listens meanwhile: liveness answers, each model serves once it has
+        # loaded, and a model that takes long (up to its time limit) holds up none of the
+        # others; readiness (and gRPC) come when every model has loaded or failed.
+        await registry.load_all()
+        if watcher is not None:
+            watcher.start()
+        state.ready = True
+        if grpc_server is not None and not state.shutting_down:
+            await grpc_server.start()
+
+    loop_lag = LoopLag()
+    app.state.metrics.loop_lag = loop_lag.take
+    watching = asyncio.create_task(loop_lag.watch())
+    startup = asyncio.create_task(load_then_serve())
+    startup.add_done_callback(_log_failure)
     # With worker processes a scrape reads every worker's series from shared files: each
     # worker moves its figures there on its own (a single process does it at each scrape).
     flushing = (
@@ -84,12 +98,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         restore_signals()
         state.shut_down()
+        for task in (startup, watching):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if grpc_server is not None:
             # Calls still running after the drain's grace period get a last second.
             await grpc_server.stop(FINAL_GRPC_SECONDS)
         if watcher is not None:
             await watcher.stop()
         await app.state.residency.close()
+        await app.state.json_decoders.close()
+        dataplane.image_decoders.close()
         closing = len(registry.live())
         await registry.close()
         log.info("shut down: closed the sessions of %d model versions", closing)
@@ -103,6 +124,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("startup failed", exc_info=task.exception())
 
 
 def create_app(
@@ -121,12 +147,15 @@ def create_app(
         settings,
         metrics,
         runner_factory=partial(
-            runner_for, metrics=metrics, default_timeout_us=settings.default_timeout_us
+            runner_for,
+            metrics=metrics,
+            default_timeout_us=settings.default_timeout_us,
+            max_waiting=settings.max_queued_requests,
         ),
     )
     residency = Residency(registry, settings, metrics)
     registry.hooks = residency
-    installer = ModelInstaller(registry)
+    installer = ModelInstaller(registry, settings)
     dataplane = DataPlane(registry, installer, metrics, settings, state, residency)
     metrics.requests_in_flight = lambda: state.inflight.count
 
@@ -147,6 +176,7 @@ def create_app(
     app.state.dataplane = dataplane
     app.state.server = state
     app.state.tracing = tracing
+    app.state.json_decoders = JsonDecoders(settings.json_decode_processes)
     app.state.grpc = (
         GrpcServer(
             dataplane,

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,96 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image in pixels (decompression bombs)."
     )
+    max_json_containers: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="Most JSON arrays and objects in one request body, counted before it is "
+        "parsed (each costs about 100 bytes of memory once parsed; send large tensors flat or "
+        "binary).",
+    )
+    json_decode_processes: int = Field(
+        1,
+        ge=1,
+        description="Worker processes that decode JSON bodies over 256 KiB (started when "
+        "first needed), so that no body holds up the event loop while it is parsed.",
+    )
+    max_response_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Largest inference response, estimated from its outputs before encoding "
+        "(400, gRPC RESOURCE_EXHAUSTED, above).",
+    )
+    max_decoded_image_bytes: int = Field(
+        160 * 1024 * 1024,
+        ge=1024,
+        description="Most memory one image may take once decoded: pixels times the bytes a "
+        "pixel of its mode takes (16-bit and alpha images count double or more); 413 above.",
+    )
+    max_request_image_pixels: int = Field(
+        160_000_000,
+        ge=1,
+        description="Most pixels of all the images of one request together (413 above).",
+    )
+    image_decode_concurrency: int = Field(
+        2,
+        ge=1,
+        description="Images decoded at once (each on its own thread); others wait their turn.",
+    )
+    max_queued_requests: int = Field(
+        128,
+        ge=0,
+        description="Requests that may wait for a free session of a model without dynamic "
+        "batching; more get 503 with Retry-After (0: no limit).",
+    )
+    model_load_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Longest a model version may take to load (sessions built, warmed up); "
+        "past it the version is UNAVAILABLE and the others serve. Load-time optimisation "
+        "has its own limit (optimize.timeout_seconds) on top.",
+    )
+    model_warmup_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest the warm-up runs of a version, and the test run of an uploaded "
+        "model, may take; such a run is stopped and the model refused.",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest HTTP request head (request line and headers; 431 above), and "
+        "gRPC metadata.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A connection whose request head has not fully arrived this long after "
+        "the connection (or the request) began is closed (slow-header clients).",
+    )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A request body that receives no bytes for this long is abandoned and "
+        "its connection closed.",
+    )
+    keep_alive_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="An idle keep-alive connection (HTTP) is closed after this long; gRPC "
+        "closes connections idle for 60 times as long.",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Most open HTTP connections; more are answered 503 and closed. Lowered "
+        "at start to fit the process's open-file limit (which is raised to its hard limit).",
+    )
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="Proxies (comma-separated addresses or networks, or *) whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed for the client address; by "
+        "default none is.",
+    )
     default_timeout_us: int = Field(
         0, ge=0, description="Default time a request may wait in a model queue; 0 means no limit."
     )
@@ -148,12 +238,18 @@ class Settings(BaseSettings):
         "instead of at start (for large repositories).",
     )
 
+    @field_validator("management_api_key", "inference_api_key")
+    @classmethod
+    def _strip_key(cls, key: SecretStr | None) -> SecretStr | None:
+        # Keys read from files often end in a newline; clients' keys are trimmed too.
+        return None if key is None else SecretStr(key.get_secret_value().strip())
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.management_api_key is not None and not self.management_api_key.get_secret_value():
-            raise ValueError("management_api_key must not be empty")
+            raise ValueError("management_api_key must not be empty or only whitespace")
         if self.inference_api_key is not None and not self.inference_api_key.get_secret_value():
-            raise ValueError("inference_api_key must not be empty")
+            raise ValueError("inference_api_key must not be empty or only whitespace")
         if self.management_api_key is not None and self.allow_open_management:
             raise ValueError("set either management_api_key or allow_open_management, not both")
         if self.max_upload_bytes < 1024:

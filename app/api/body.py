@@ -47,6 +47,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     declared = header(request, "content-length")
     if declared is not None:
+        # The HTTP parser has checked it: digits only, no larger than a 64-bit length.
         try:
             size = int(declared)
         except ValueError:

@@ -46,7 +46,11 @@ InstallerDep = Annotated[ModelInstaller, Depends(get_installer)]
 def presented_key(request: Request) -> str | None:
     """The API key in ``Authorization: Bearer`` or ``X-API-Key``, if any."""
     token = bearer_token(header(request, "authorization"))
-    return token if token is not None else header(request, "x-api-key")
+    if token is not None:
+        return token
+    key = header(request, "x-api-key")
+    # Trimmed like a Bearer token (and like the configured keys).
+    return None if key is None else key.strip()
 
 
 def require_management(request: Request) -> None:

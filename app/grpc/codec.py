@@ -16,7 +16,8 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from app.errors import BadRequest
 from app.protocol import binary
 from app.protocol.datatypes import numpy_dtype, v2_datatype
-from app.protocol.limits import RequestLimits
+from app.protocol.limits import DEFAULT_MAX_RESPONSE_BYTES, RequestLimits
+from app.protocol.response_size import check_response_size
 from app.protocol.tensors import parse_shape
 from app.protocol.timeouts import timeout_parameter
 from app.protocol.v2 import InferRequest, RequestedOutput, class_count
@@ -120,6 +121,9 @@ def decode_infer_request(
         else:
             inputs[name] = _typed_contents(tensor, tensor.datatype, dtype, shape, limits)
     outputs = [RequestedOutput(o.name, True) for o in message.outputs] or None
+    if outputs is not None and len({o.name for o in outputs}) != len(outputs):
+        # Each copy would be encoded again: a short request, a huge response.
+        raise BadRequest("an output is requested more than once")
     classes: dict[str, int] = {}
     for output in message.outputs:
         if "classification" in output.parameters:
@@ -128,19 +132,30 @@ def decode_infer_request(
     parameters = {key: parameter_value(value) for key, value in message.parameters.items()}
     timeout_us = timeout_parameter(parameters.get("timeout"))
     return InferRequest(
-        inputs, message.id or None, outputs, True, parameters, timeout_us, False, classes or None
+        inputs,
+        id=message.id or None,
+        outputs=outputs,
+        binary_outputs=True,
+        parameters=parameters,
+        timeout_us=timeout_us,
+        classification=classes or None,
     )
 
 
 def encode_infer_response(
-    model: str, version: str, outputs: Feeds, request: InferRequest
+    model: str,
+    version: str,
+    outputs: Feeds,
+    request: InferRequest,
+    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> service_pb2.ModelInferResponse:
     """The outputs as a ``ModelInferResponse`` with raw_output_contents, in the requested
-    order (else the model's)."""
+    order (else the model's); refused when they would pass ``max_bytes``."""
+    names = request.output_names() or list(outputs)
+    check_response_size([(outputs[name], True) for name in names], max_bytes)
     response = service_pb2.ModelInferResponse(
         model_name=model, model_version=version, id=request.id or ""
     )
-    names = request.output_names() or list(outputs)
     tensors = response.outputs
     contents = response.raw_output_contents
     for name in names:

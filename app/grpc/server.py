@@ -19,11 +19,26 @@ from tritonclient.grpc import service_pb2_grpc
 from app.grpc.calls import SERVICE
 from app.grpc.servicer import InferenceServicer
 from app.inference.dataplane import DataPlane
+from app.settings import Settings
 from app.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """The bounds HTTP connections have, for gRPC's: head size, slow handshakes, idle
+    connections and how many are open (the REST front end's are in app/api/connections.py)."""
+    return [
+        ("grpc.max_metadata_size", settings.max_header_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_header_bytes),
+        ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_seconds * 1000)),
+        # Channels are long-lived: an idle one is told to go away (GOAWAY, clients reconnect
+        # when they next call) after 60 keep-alive periods.
+        ("grpc.max_connection_idle_ms", int(settings.keep_alive_seconds * 60_000)),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+    ]
 
 
 class GrpcServer:
@@ -51,8 +66,14 @@ class GrpcServer:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limits.max_request_bytes),
-                ("grpc.max_send_message_length", -1),
+                # Responses are bounded before encoding (max_response_bytes); the
+                # transport's own bound is a backstop with room for the message framing.
+                (
+                    "grpc.max_send_message_length",
+                    min(limits.max_response_bytes + (1 << 20), 2**31 - 1),
+                ),
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
+                *connection_options(self.dataplane.settings),
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

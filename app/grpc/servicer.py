@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from http import HTTPStatus
 from typing import Any, TypeAlias
 
@@ -198,7 +199,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             message.model_version or None,
             lambda _: codec.decode_infer_request(message, limits),
             context,
-            _response,
+            partial(_response, limits.max_response_bytes),
         )
 
     async def ModelInfer(  # noqa: N802
@@ -272,8 +273,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             reader.cancel()
 
 
-def _response(result: InferenceResult) -> service_pb2.ModelInferResponse:
+def _response(max_response_bytes: int, result: InferenceResult) -> service_pb2.ModelInferResponse:
     model = result.model
     return codec.encode_infer_response(
-        model.name, str(model.version), result.outputs, result.request
+        model.name, str(model.version), result.outputs, result.request, max_response_bytes
     )

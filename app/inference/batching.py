@@ -77,6 +77,7 @@ class DynamicBatcher:
         config: DynamicBatchingConfig,
         default_timeout_us: int = 0,
         pad_rows: int | None = None,
+        warmed: bool = False,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("dynamic batching needs a model with a batch dimension")
@@ -100,6 +101,8 @@ class DynamicBatcher:
         self._run_seconds = 0.0
         #: Every run is padded with zero rows to this many (one shape for GPU kernels).
         self._pad_rows = pad_rows
+        #: The model ran on its warm-up inputs at load (see ``runtime_error``).
+        self.warmed = warmed
 
     @property
     def depth(self) -> int:
@@ -124,7 +127,7 @@ class DynamicBatcher:
                 disconnected=context.disconnected,
             )
         except Exception as exc:
-            raise runtime_error(exc) from None
+            raise runtime_error(exc, self.warmed) from None
 
     async def submit(
         self,
@@ -443,4 +446,5 @@ def batcher_for(
         config=config,
         default_timeout_us=default_timeout_us,
         pad_rows=pad_rows,
+        warmed=model.config.warmup.enabled,
     )

@@ -8,7 +8,6 @@ never comes back up.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ from app.inference.access import AccessKeys
 from app.inference.classification import classified
 from app.inference.context import Phases, RequestContext
 from app.inference.descriptions import model_config, model_metadata
-from app.inference.images import ImageOptions, image_answer, image_call, prepare
+from app.inference.images import ImageDecoders, ImageOptions, image_answer, image_call
 from app.inference.lifecycle import ServerState
+from app.inference.preprocessing import ImageLimits
 from app.inference.validation import output_names, validate_inputs
 from app.metrics import Metrics, RequestObservation
 from app.protocol.limits import RequestLimits
@@ -65,6 +65,16 @@ def limits_from(settings: Settings) -> RequestLimits:
         max_depth=settings.max_json_depth,
         max_inputs=settings.max_inputs,
         max_bytes_element=settings.max_bytes_element,
+        max_response_bytes=settings.max_response_bytes,
+        max_json_containers=settings.max_json_containers,
+    )
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(
+        max_pixels=settings.max_image_pixels,
+        max_decoded_bytes=settings.max_decoded_image_bytes,
+        max_request_pixels=settings.max_request_image_pixels,
     )
 
 
@@ -138,6 +148,9 @@ class DataPlane:
         self.state = state
         self.limits = limits_from(settings)
         self.access = AccessKeys(settings)
+        self.image_decoders = ImageDecoders(
+            image_limits(settings), settings.image_decode_concurrency
+        )
 
     # ---- health and metadata -----------------------------------------------------------------
 
@@ -338,9 +351,7 @@ class DataPlane:
         with ServedRequest(self, model, context) as observation:
             started = perf_counter()
             call = image_call(model, len(images), options)
-            tensor = await asyncio.to_thread(
-                prepare, images, call.pre, self.settings.max_image_pixels, options.invert
-            )
+            tensor = await self.image_decoders.prepare(images, call.pre, options.invert)
             feeds = {call.pre.input: tensor}
             rows = validate_inputs(model, feeds)
             names = output_names(model, call.outputs)

@@ -6,9 +6,11 @@ loop), the runner runs, ``image_answer`` labels.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ import numpy as np
 from app.errors import BadRequest, InvalidImage
 from app.inference.image_plan import ImagePlan, Invert, image_plan
 from app.inference.postprocessing import ClassifierPlan, classifier_plan, predictions
-from app.inference.preprocessing import preprocess
+from app.inference.preprocessing import ImageLimits, preprocess
 from app.protocol.tensors import jsonable
 from app.registry.model import Feeds, ModelVersion
 
@@ -66,14 +68,36 @@ def image_bytes(item: bytes | str, what: str = "image") -> bytes:
 
 
 def prepare(
-    items: Sequence[bytes | str], plan: ImagePlan, max_pixels: int, invert: Invert | None
+    items: Sequence[bytes | str], plan: ImagePlan, limits: ImageLimits, invert: Invert | None
 ) -> np.ndarray:
     """Base64-decode, decode and preprocess every image into one tensor (blocking)."""
     many = len(items) > 1
     images = [
         image_bytes(item, f"images[{i}]" if many else "image") for i, item in enumerate(items)
     ]
-    return preprocess(images, plan, max_pixels, invert)
+    return preprocess(images, plan, limits.max_pixels, invert, limits)
+
+
+class ImageDecoders:
+    """Threads of their own that decode requests' images, ``concurrency`` at a time.
+
+    Decoding takes memory in proportion to the images (bounded per image and per request by
+    ``limits``); holding the number of decodes at once bounds the total, and requests beyond
+    it wait their turn without holding a thread (or the event loop's executor).
+    """
+
+    def __init__(self, limits: ImageLimits, concurrency: int) -> None:
+        self.limits = limits
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="image-decode")
+
+    async def prepare(
+        self, items: Sequence[bytes | str], plan: ImagePlan, invert: Invert | None
+    ) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, prepare, items, plan, self.limits, invert)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True)

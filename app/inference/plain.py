@@ -29,7 +29,7 @@ def named_inputs(model: ModelVersion, inputs: Any, limits: RequestLimits) -> tup
     Returns the arrays and whether a batch dimension was added because the client sent one
     example without it (the outputs then lose it again).
     """
-    if isinstance(inputs, list):
+    if isinstance(inputs, list | np.ndarray):
         if len(model.inputs) != 1:
             names = ", ".join(s.name for s in model.inputs)
             raise BadRequest(f"model '{model.name}' has several inputs ({names}): name them")
@@ -56,6 +56,14 @@ def named_inputs(model: ModelVersion, inputs: Any, limits: RequestLimits) -> tup
 
 def instances_inputs(model: ModelVersion, instances: Any, limits: RequestLimits) -> Tensors:
     """Stack KServe v1 ``instances`` (one per row) into batched arrays."""
+    if isinstance(instances, np.ndarray) and instances.ndim and len(instances):
+        # Rows made into one array off the event loop (app/protocol/json_bodies.py).
+        if len(model.inputs) != 1:
+            raise BadRequest("instances of a multi-input model must be objects of named inputs")
+        spec = model.inputs[0]
+        if not model.batched and len(instances) != 1:
+            raise BadRequest(f"model '{model.name}' has no batch dimension: send one instance")
+        return {spec.name: _decode(spec, instances if model.batched else instances[0], limits)}
     if not isinstance(instances, list) or not instances:
         raise BadRequest("instances must be a non-empty list")
     if len(model.inputs) == 1 and not all(isinstance(i, dict) for i in instances):

@@ -6,9 +6,13 @@ pure and blocking: callers run it off the event loop.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import math
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -41,7 +45,13 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+# After decoding an image that took more than this, freed memory goes back to the system.
+RELEASE_AFTER_BYTES = 32 * 1024 * 1024
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+# Bytes a pixel takes in memory, by Pillow mode (multi-band modes take 4 whatever their bands).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# Modes resized as they are (all filters apply, alpha premultiplied by Pillow itself).
+_RESIZED_AS_IS = {"L", "LA", "RGB", "RGBA", "RGBX", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -62,6 +72,9 @@ def open_image(data: bytes, max_pixels: int, what: str = "image") -> Image.Image
 
     Nothing is decoded yet, so a decompression bomb costs only its header.
     """
+    if data.lstrip()[:5] in (b"<svg ", b"<svg>", b"<?xml"):
+        # Vector images are not decoded here; Pillow would only call them "not an image".
+        raise UnsupportedMediaType(f"{what} is SVG, which is not supported: send {SUPPORTED}")
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -83,6 +96,31 @@ def open_image(data: bytes, max_pixels: int, what: str = "image") -> Image.Image
             f"{what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
     return image
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # a corrupt EXIF block: the image is taken as it is
+        return 1
+
+
+def _converts_first(image: Image.Image) -> bool:
+    """Whether the image is converted to 8-bit L or RGB(A) before it is resized (palettes,
+    bilevel, colour keys, unusual modes), rather than resized in its own mode first."""
+    return image.mode not in _RESIZED_AS_IS or "transparency" in image.info
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """The most memory decoding ``image`` takes at once: its pixels in their own mode, a
+    turned copy when EXIF turns it, and a 4-byte copy when it is converted before resizing."""
+    pixels = image.width * image.height
+    total = pixels * _MODE_BYTES.get(image.mode, 4)
+    if _orientation(image) != 1:
+        total *= 2
+    if _converts_first(image):
+        total += pixels * 4
+    return total
 
 
 def _crop_box(width: int, height: int, plan: ImagePlan) -> tuple[float, float, float, float] | None:
@@ -128,23 +166,52 @@ def _to_mode(image: Image.Image, mode: Literal["L", "RGB"]) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
 
 
-def decode_image(data: bytes, plan: ImagePlan, max_pixels: int, what: str = "image") -> np.ndarray:
-    """One encoded image as uint8 [height, width, channels] at the plan's size and colour."""
+def decode_image(
+    data: bytes,
+    plan: ImagePlan,
+    max_pixels: int,
+    what: str = "image",
+    max_bytes: int | None = None,
+) -> np.ndarray:
+    """One encoded image as uint8 [height, width, channels] at the plan's size and colour.
+
+    An image whose decoding would take more than ``max_bytes`` of memory (``decoded_bytes``,
+    after the JPEG decoder's own reduction) is refused (413) before it is decoded. High bit
+    depths and alpha are resized in their own mode and only then converted, so the full-size
+    image is never copied but to turn it upright.
+    """
     with open_image(data, max_pixels, what) as image:
         try:
             _draft(image, plan)
+            need = decoded_bytes(image)
+            if max_bytes is not None and need > max_bytes:
+                raise PayloadTooLarge(
+                    f"{what} ({image.width}x{image.height}, mode {image.mode}) would take "
+                    f"{need} bytes once decoded, over the limit of {max_bytes}"
+                )
             image.load()
             upright = ImageOps.exif_transpose(image)
-            pixels = _to_mode(upright, "L" if plan.color == "L" else "RGB")
-            box = _crop_box(pixels.width, pixels.height, plan)
-            if box is not None or pixels.size != (plan.width, plan.height):
-                pixels = pixels.resize((plan.width, plan.height), _RESAMPLE[plan.resample], box=box)
+            if upright is not image:
+                image.close()  # the turned copy is all that is needed from now on
+            mode: Literal["L", "RGB"] = "L" if plan.color == "L" else "RGB"
+            if _converts_first(upright):
+                upright = _to_mode(upright, mode)
+            box = _crop_box(upright.width, upright.height, plan)
+            if box is not None or upright.size != (plan.width, plan.height):
+                upright = upright.resize(
+                    (plan.width, plan.height), _RESAMPLE[plan.resample], box=box
+                )
+            pixels = _to_mode(upright, mode)
+        except PayloadTooLarge:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise PayloadTooLarge(f"{what} is over the limit of {max_pixels} pixels") from None
         except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, ...
             message = str(exc) or type(exc).__name__
             raise InvalidImage(f"{what} is truncated or corrupt: {message}") from None
         array = np.asarray(pixels)
+    if need > RELEASE_AFTER_BYTES:
+        release_memory()
     return array if array.ndim == 3 else array[:, :, np.newaxis]
 
 
@@ -202,14 +269,73 @@ def to_tensor(pixels: np.ndarray, plan: ImagePlan, invert: Invert | None = None)
     return np.ascontiguousarray(tensor)
 
 
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    """What the images of one request may cost."""
+
+    #: Pixels of one image (from its header).
+    max_pixels: int = 40_000_000
+    #: Memory one image may take while it is decoded (``decoded_bytes``).
+    max_decoded_bytes: int | None = None
+    #: Pixels of all the images of a request together.
+    max_request_pixels: int | None = None
+
+
+def check_request_pixels(images: Sequence[bytes], limits: ImageLimits) -> None:
+    """Refuse a request whose images (from their headers) hold too many pixels together."""
+    if limits.max_request_pixels is None or len(images) < 2:
+        return
+    many = len(images) > 1
+    total = 0
+    for i, data in enumerate(images):
+        with open_image(data, limits.max_pixels, f"images[{i}]" if many else "image") as image:
+            total += image.width * image.height
+        if total > limits.max_request_pixels:
+            raise PayloadTooLarge(
+                f"the images of this request hold over {limits.max_request_pixels} pixels "
+                "together: send fewer or smaller images"
+            )
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the system (glibc keeps it for later otherwise)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def preprocess(
-    images: Sequence[bytes], plan: ImagePlan, max_pixels: int, invert: Invert | None = None
+    images: Sequence[bytes],
+    plan: ImagePlan,
+    max_pixels: int,
+    invert: Invert | None = None,
+    limits: ImageLimits | None = None,
 ) -> np.ndarray:
     """Decode every image and stack them into the plan's input tensor (blocking)."""
+    limits = limits if limits is not None else ImageLimits(max_pixels)
+    check_request_pixels(images, limits)
     many = len(images) > 1
     pixels = np.stack(
         [
-            decode_image(data, plan, max_pixels, f"images[{i}]" if many else "image")
+            decode_image(
+                data,
+                plan,
+                limits.max_pixels,
+                f"images[{i}]" if many else "image",
+                limits.max_decoded_bytes,
+            )
             for i, data in enumerate(images)
         ]
     )

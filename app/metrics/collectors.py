@@ -39,9 +39,15 @@ class RuntimeCollector(Collector):
     growth.
     """
 
-    def __init__(self, sessions: weakref.WeakSet[object], requests: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        sessions: weakref.WeakSet[object],
+        requests: Callable[[], int],
+        loop_lag: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self._sessions = sessions
         self._requests = requests
+        self._loop_lag = loop_lag
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         yield GaugeMetricFamily(
@@ -59,6 +65,12 @@ class RuntimeCollector(Collector):
             "Requests this process is serving now, over every front end, from their arrival "
             "(a body still uploading included) to their answer.",
             value=self._requests(),
+        )
+        yield GaugeMetricFamily(
+            "onnx_serve_event_loop_lag_seconds",
+            "Worst delay of the event loop (a timer firing late) since the previous scrape: "
+            "how long every request of this process waited behind work holding the loop.",
+            value=self._loop_lag(),
         )
 
 

@@ -37,7 +37,11 @@ class Metrics:
         self.live_sessions: weakref.WeakSet[object] = weakref.WeakSet()
         #: Requests the process serves now (the app points this at its server state).
         self.requests_in_flight: Callable[[], int] = lambda: 0
-        self._runtime = RuntimeCollector(self.live_sessions, lambda: self.requests_in_flight())
+        #: The event loop's lateness (the app points this at its loop watch).
+        self.loop_lag: Callable[[], float] = lambda: 0.0
+        self._runtime = RuntimeCollector(
+            self.live_sessions, lambda: self.requests_in_flight(), lambda: self.loop_lag()
+        )
         self.registry.register(self._runtime)
         r = self.registry
         self.request_success = Counter(

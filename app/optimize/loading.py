@@ -35,6 +35,7 @@ from app.optimize.step import OptimizeJob
 from app.registry.config import ModelConfig, OptimizeConfig
 from app.registry.model import ModelVersion, load_version
 from app.registry.repository import MODEL_FILE
+from app.registry.time_limits import Deadline
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ def load_served_version(
     require_accelerator: bool,
     cpu_quota: int,
     labels: list[str] | None = None,
+    deadline: Deadline | None = None,
 ) -> ModelVersion:
     """``load_version`` of the file the version is served from (optimised when it is)."""
     served, served_config, report = served_file(
@@ -242,6 +244,7 @@ def load_served_version(
         cpu_quota=cpu_quota,
         labels=labels,
         warmup_samples=model_dir / config.warmup.samples if config.warmup.samples else None,
+        deadline=deadline,
     )
     if report is not None:
         model.extras["optimization"] = report

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 
 from app.errors import BadRequest
+from app.protocol.numbers import parse_int
 
 _LENGTH = struct.Struct("<I")
 
@@ -32,15 +33,7 @@ def parse_header_length(value: str | None) -> int | None:
     """Parse the ``Inference-Header-Content-Length`` header, if any."""
     if value is None:
         return None
-    try:
-        length = int(value)
-    except ValueError:
-        raise BadRequest(
-            f"Inference-Header-Content-Length must be an integer, got {value!r}"
-        ) from None
-    if length < 0:
-        raise BadRequest("Inference-Header-Content-Length must not be negative")
-    return length
+    return parse_int(value, "Inference-Header-Content-Length")
 
 
 def decode_bytes_elements(buffer: memoryview, count: int, max_element: int) -> np.ndarray:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The default bound on one response, estimated before it is encoded.
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
@@ -19,3 +22,7 @@ class RequestLimits:
     max_inputs: int = 64
     #: Longest single BYTES element.
     max_bytes_element: int = 16 * 1024 * 1024
+    #: Largest response, estimated from its outputs before encoding.
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    #: Most JSON arrays and objects in one request body (checked before parsing it).
+    max_json_containers: int = 1024 * 1024

@@ -80,14 +80,20 @@ def decode_json_tensor(
 
     With ``shape`` the data may be flat or nested (v2); without, the nesting is the shape.
     """
-    if shape is not None and not isinstance(data, list):
-        data = [data]
-    if _depth(data, max_depth) > max_depth:
-        raise BadRequest(f"input '{name}': data is nested deeper than {max_depth} levels")
-    try:
-        raw = np.array(data, dtype=np.object_ if dtype.kind == "O" else None)
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(f"input '{name}': data is not a regular array: {exc}") from None
+    if isinstance(data, np.ndarray):
+        # Made from the nested lists off the event loop (app/protocol/json_bodies.py).
+        if data.ndim > max_depth:
+            raise BadRequest(f"input '{name}': data is nested deeper than {max_depth} levels")
+        raw = data if dtype.kind != "O" or data.dtype.kind == "O" else data.astype(np.object_)
+    else:
+        if shape is not None and not isinstance(data, list):
+            data = [data]
+        if _depth(data, max_depth) > max_depth:
+            raise BadRequest(f"input '{name}': data is nested deeper than {max_depth} levels")
+        try:
+            raw = np.array(data, dtype=np.object_ if dtype.kind == "O" else None)
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(f"input '{name}': data is not a regular array: {exc}") from None
     if shape is None:
         shape = raw.shape
     if dtype.kind == "O":
@@ -130,11 +136,9 @@ def _exact_uint64(data: Any, name: str) -> np.ndarray:
     return values.astype(np.uint64)
 
 
-def _decode_bytes(
-    data: list[Any], shape: tuple[int, ...], name: str, max_element: int
-) -> np.ndarray:
+def _decode_bytes(data: Any, shape: tuple[int, ...], name: str, max_element: int) -> np.ndarray:
     flat: list[Any] = []
-    stack: list[Any] = [data]
+    stack: list[Any] = [data.ravel().tolist() if isinstance(data, np.ndarray) else data]
     while stack:
         item = stack.pop()
         if isinstance(item, list):

@@ -12,8 +12,10 @@ import orjson
 
 from app.errors import BadRequest
 from app.protocol import binary
+from app.protocol.containers import check_containers
 from app.protocol.datatypes import numpy_dtype, v2_datatype
-from app.protocol.limits import RequestLimits
+from app.protocol.limits import DEFAULT_MAX_RESPONSE_BYTES, RequestLimits
+from app.protocol.response_size import check_response_size
 from app.protocol.tensors import decode_json_tensor, json_data, parse_shape
 from app.protocol.timeouts import timeout_parameter
 
@@ -70,11 +72,21 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    """A boolean parameter: JSON true or false (the string "false" is not false)."""
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}: {key} must be true or false, got {value!r:.40}")
+    return value
+
+
 def parse_infer_request(
     body: bytes, header_length: int | None, limits: RequestLimits
 ) -> InferRequest:
     """Decode a v2 infer body (JSON, or JSON header plus binary tensors)."""
     header, rest = binary.split_body(body, header_length)
+    if len(header) > 2 * limits.max_json_containers:
+        check_containers(header, limits.max_json_containers)
     doc = loads_object(header, "inference request")
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -125,7 +137,9 @@ def parse_infer_request(
     if offset != len(rest):
         raise BadRequest(f"{len(rest) - offset} bytes of binary data belong to no input")
 
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = params.get("binary_data_output", False)
+    if binary_default is not False and binary_default is not True:
+        _flag(params, "binary_data_output", False, "parameters")  # the error naming it
     outputs: list[RequestedOutput] | None = None
     classes: dict[str, int] = {}
     outputs_doc = doc.get("outputs")
@@ -133,12 +147,19 @@ def parse_infer_request(
         if not isinstance(outputs_doc, list):
             raise BadRequest("outputs must be a list")
         outputs = []
+        seen: set[str] = set()
         for item in outputs_doc:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise BadRequest("each requested output needs a string 'name'")
-            out_params = _parameters(item.get("parameters"), f"output '{item['name']}'")
+            name = item["name"]
+            if name in seen:
+                # Each copy would be encoded again: a short request, a huge response.
+                raise BadRequest(f"output '{name:.64}' is requested more than once")
+            seen.add(name)
+            where = f"output '{name:.64}' parameters"
+            out_params = _parameters(item.get("parameters"), f"output '{name:.64}'")
             outputs.append(
-                RequestedOutput(item["name"], bool(out_params.get("binary_data", binary_default)))
+                RequestedOutput(name, _flag(out_params, "binary_data", binary_default, where))
             )
             count = out_params.get("classification")
             if count is not None:
@@ -161,31 +182,48 @@ def encode_infer_response(
     version: str,
     results: dict[str, np.ndarray],
     request: InferRequest,
+    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> tuple[bytes, int | None]:
     """Encode results as a v2 response; returns the body and the JSON header length when
-    any output is binary (``None`` for a plain JSON body)."""
+    any output is binary (``None`` for a plain JSON body). A response that would pass
+    ``max_bytes`` is refused before anything is encoded."""
     wanted: Iterable[tuple[str, bool]]
     if request.outputs is None:
-        binary_outputs = request.binary_outputs
-        wanted = ((name, binary_outputs) for name in results)
+        binary_default = request.binary_outputs
+        wanted = ((name, binary_default) for name in results)
     else:
         wanted = ((out.name, out.binary) for out in request.outputs)
     outputs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    binary_outputs: list[tuple[dict[str, Any], np.ndarray]] = []
+    # The outputs' own bytes; their JSON text takes at most 8 times as many (text aside),
+    # so only a response that may be near the limit is measured precisely.
+    raw = 0
     for name, as_binary in wanted:
         array = results[name]
+        raw += array.nbytes
+        if array.dtype.hasobject:
+            raw += max_bytes
         entry: dict[str, Any] = {
             "name": name,
             "datatype": v2_datatype(array.dtype) or array.dtype.name,
             "shape": list(array.shape),
         }
         if as_binary:
-            blob = binary.encode_tensor(array)
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
+            binary_outputs.append((entry, array))
         else:
             entry["data"] = json_data(array)
         outputs.append(entry)
+    if raw * 8 > max_bytes:
+        binary_names = {entry["name"] for entry, _ in binary_outputs}
+        check_response_size(
+            [(results[e["name"]], e["name"] in binary_names) for e in outputs], max_bytes
+        )
+    blobs: list[bytes] = []
+    if binary_outputs:
+        for entry, array in binary_outputs:
+            blob = binary.encode_tensor(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.id is not None:
         doc["id"] = request.id

@@ -33,11 +33,18 @@ class ProviderSpec(_Strict):
 class SessionConfig(_Strict):
     """onnxruntime SessionOptions."""
 
+    # Each thread is an OS thread with its own stack: thousands of them exhaust memory.
     intra_op_threads: int | None = Field(
-        None, ge=1, description="Threads per session; default: CPU quota / instance count."
+        None,
+        ge=1,
+        le=256,
+        description="Threads per session (at most 256); default: CPU quota / instance count.",
     )
     inter_op_threads: int | None = Field(
-        None, ge=1, description="Threads running independent nodes in parallel mode; default 1."
+        None,
+        ge=1,
+        le=256,
+        description="Threads running independent nodes in parallel mode (at most 256); default 1.",
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="onnxruntime graph optimisations applied at load."

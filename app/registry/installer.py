@@ -41,7 +41,9 @@ from app.registry.repository import (
     parse_version,
     validate_name,
 )
+from app.registry.time_limits import Deadline, run_step
 from app.registry.validation import ModelSignature, validate_model_file
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +130,12 @@ def next_free_version(model_dir: Path) -> int:
 class ModelInstaller:
     """Installs and deletes model versions and keeps the registry in step with the disk."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, settings: Settings | None = None) -> None:
         self.registry = registry
+        limits = settings if settings is not None else Settings.model_construct()
+        #: Seconds a model file's checks, and its test run, may take.
+        self.check_seconds = limits.model_load_timeout_seconds
+        self.run_seconds = limits.model_warmup_timeout_seconds
         self.repository = registry.repository
         self._locks: dict[str, asyncio.Lock] = {}
         #: Called (under the model's lock) after this installer changed a model on disk.
@@ -188,11 +194,11 @@ class ModelInstaller:
         for item in plan.files:
             if item.version is not None:
                 parse_version(item.version)
-        signatures = [await asyncio.to_thread(validate_model_file, f.path) for f in plan.files]
+        signatures = [await self._validated(f.path) for f in plan.files]
         if plan.optimize is not None:
             optimized = await self._optimized(stage, plan)
             plan = replace(plan, files=[*plan.files, optimized])
-            signatures.append(await asyncio.to_thread(validate_model_file, optimized.path))
+            signatures.append(await self._validated(optimized.path))
         async with self.lock(name):
             before = self._live_versions(name)
             undo, placed = await asyncio.to_thread(self._place, stage, plan)
@@ -226,6 +232,18 @@ class ModelInstaller:
                 )
             return results
 
+    async def _validated(self, path: Path) -> ModelSignature:
+        """The checks of a staged model file, within time limits, on a thread of its own."""
+        deadline = Deadline(self.run_seconds, "the test run of the model")
+        return await run_step(
+            "checking the model",
+            self.check_seconds + self.run_seconds,
+            validate_model_file,
+            path,
+            deadline,
+            stops=deadline,
+        )
+
     async def _optimized(self, stage: Stage, plan: InstallPlan) -> VersionFile:
         """The plan's one file optimised in the stage (off the event loop; the model's
         lock is not held meanwhile, so its other changes and loads go on)."""
@@ -242,7 +260,11 @@ class ModelInstaller:
         labelled = plan.labels is not None or (
             self.repository.has_model(name) and self.repository.labels(name) is not None
         )
-        staged = await asyncio.to_thread(
+        # The step kills its worker process at its own limit; the thread that waits for it
+        # is one of its own, never the event loop's executor.
+        staged = await run_step(
+            f"optimising model {name}",
+            plan.optimize.timeout_seconds + self.check_seconds,
             optimize_staged,
             stage.path("optimized"),
             name,

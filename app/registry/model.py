@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -18,7 +19,10 @@ from app.errors import InvalidModel
 from app.protocol.datatypes import ORT_TO_V2, V2_TO_NUMPY
 from app.registry import providers as prov
 from app.registry.config import ModelConfig, SessionConfig
+from app.registry.inline_runs import provably_cheap
+from app.registry.row_check import batches_rows, mixed_output
 from app.registry.session_pool import SessionPool
+from app.registry.time_limits import Deadline, no_deadline
 from app.registry.warmup import sample_feeds, warm_up
 
 log = logging.getLogger(__name__)
@@ -32,13 +36,6 @@ CPU = "CPUExecutionProvider"
 # ``runs_inline``); its warm-up times this many runs.
 INLINE_RUN_SECONDS = 50e-6
 INLINE_PROBE_RUNS = 15
-# Operators whose cost or output size the input values can steer.
-VALUE_DRIVEN_OPS = frozenset(
-    {
-        "Loop", "Scan", "If", "Range", "ConstantOfShape", "Expand", "Tile", "Pad", "Resize",
-        "Upsample", "OneHot", "NonZero", "NonMaxSuppression", "Unique", "Compress",
-    }
-)  # fmt: skip
 PLATFORM = "onnxruntime_onnx"
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -213,35 +210,44 @@ def warmup_feeds(inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:
 
 
 def runs_inline(
-    session: ort.InferenceSession, path: Path, inputs: list[TensorSpec], max_batch: int
+    session: ort.InferenceSession,
+    path: Path,
+    inputs: list[TensorSpec],
+    max_batch: int,
+    deadline: Deadline | None = None,
 ) -> bool:
     """Whether runs are so short that the event loop should make them itself.
 
     Handing a run to a thread and back costs tens of microseconds, more than a small
     model's whole run. Inline runs must stay short whatever a request sends, so only a
-    model with fixed non-batch dimensions and no operator whose cost its input values
-    steer qualifies, and only if its largest batch runs in under ``INLINE_RUN_SECONDS``.
+    model with fixed non-batch dimensions whose graph is provably cheap (see
+    ``app.registry.inline_runs``) qualifies, and only if its largest batch runs in under
+    ``INLINE_RUN_SECONDS``. The probe runs end at ``deadline``.
     """
     if any(-1 in spec.shape[1:] for spec in inputs):
         return False
-    feeds = warmup_feeds(inputs, min(max_batch, DEFAULT_MAX_BATCH) if max_batch else 1)
-    times = []
-    for _ in range(INLINE_PROBE_RUNS):
-        start = time.perf_counter()
-        try:
-            session.run(None, feeds)
-        except Exception:  # generated inputs that this graph refuses: it cannot be timed
-            return False
-        times.append(time.perf_counter() - start)
-        if times[-1] > 20 * INLINE_RUN_SECONDS:
-            return False
-    if sorted(times)[len(times) // 2] >= INLINE_RUN_SECONDS:
-        return False
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
+        graph = onnx.load(str(path), load_external_data=False)
     except Exception:  # onnxruntime read it; anything odd here just means no inline runs
         return False
-    return not any(node.op_type in VALUE_DRIVEN_OPS for node in graph.node)
+    if not provably_cheap(graph):
+        return False
+    del graph
+    feeds = warmup_feeds(inputs, min(max_batch, DEFAULT_MAX_BATCH) if max_batch else 1)
+    times = []
+    with deadline.options() if deadline is not None else contextlib.nullcontext() as options:
+        for _ in range(INLINE_PROBE_RUNS):
+            start = time.perf_counter()
+            try:
+                session.run(None, feeds, options)
+            except Exception:  # generated inputs this graph refuses: it cannot be timed
+                if deadline is not None and deadline.remaining() <= 0:
+                    raise
+                return False
+            times.append(time.perf_counter() - start)
+            if times[-1] > 20 * INLINE_RUN_SECONDS:
+                return False
+    return sorted(times)[len(times) // 2] < INLINE_RUN_SECONDS
 
 
 def load_version(
@@ -255,12 +261,15 @@ def load_version(
     cpu_quota: int,
     labels: list[str] | None = None,
     warmup_samples: Path | None = None,
+    deadline: Deadline | None = None,
 ) -> ModelVersion:
     """Create the pool of sessions for one version, check providers, warm up (blocking).
 
     The warm-up runs on ``warmup_samples`` (an .npz of named inputs) when given, else on
-    generated inputs (see ``app.registry.warmup``).
+    generated inputs (see ``app.registry.warmup``); its runs are terminated at ``deadline``
+    (then ``StepTimedOut``).
     """
+    run = deadline.run if deadline is not None else no_deadline
     start = time.perf_counter()
     instances = config.instances
     threads = max(1, cpu_quota // instances.count)
@@ -331,16 +340,28 @@ def load_version(
                 feeds = [sample_feeds(warmup_samples, inputs)]
             else:
                 feeds = [warmup_feeds(inputs, min(b, max_batch) if max_batch else 1) for b in sizes]
-            skipped = warm_up(f"model {name} v{version}", sessions, feeds, warmup_samples is None)
-        except InvalidModel:
+            label = f"model {name} v{version}"
+            skipped = warm_up(label, sessions, feeds, warmup_samples is None, run)
+        except InvalidModel:  # StepTimedOut included
             pool.retire(0)
             raise
         if skipped is not None:
             model.extras["warmup_skipped"] = skipped
             warmed = False
+    if warmed and batches_rows(config, max_batch):
+        # app/registry/row_check.py: batching must not hand one client another's values.
+        specs = [(i.name, i.datatype, i.dtype, i.shape) for i in inputs]
+        mixed = mixed_output(sessions[0], specs, [o.name for o in outputs], run)
+        if mixed is not None:
+            pool.retire(0)
+            raise InvalidModel(
+                f"dynamic batching is configured, but the rows of output '{mixed}' depend on "
+                "other rows of the batch (an operation over the batch axis): requests batched "
+                "together would see each other's values; turn dynamic_batching off"
+            )
     batching = config.dynamic_batching is not None and config.dynamic_batching.enabled
     if warmed and actual[0] == CPU and not batching:
-        pool.inline = runs_inline(sessions[0], path, inputs, max_batch)
+        pool.inline = runs_inline(sessions[0], path, inputs, max_batch, deadline)
         if pool.inline:
             log.info("model %s v%d runs on the event loop (runs take microseconds)", name, version)
     model.load_seconds = time.perf_counter() - start

@@ -24,6 +24,7 @@ from app.registry.hooks import LoadReason, NoHooks, RegistryHooks
 from app.registry.model import ModelVersion, Runner
 from app.registry.providers import cpu_quota
 from app.registry.repository import ModelRepository, parse_version, validate_name
+from app.registry.time_limits import load_in_time
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -164,12 +165,21 @@ class ModelRegistry:
         return lock
 
     async def load_all(self) -> None:
-        """Load every model in the repository; failures are recorded, never raised."""
-        for name in self.repository.model_names():
-            try:
-                await self.load(name, LoadReason.STARTUP)
-            except ServingError as exc:
-                log.error("model %s failed to load: %s", name, exc.message)
+        """Load every model in the repository; failures are recorded, never raised.
+
+        Models load a few at a time, so that one whose load takes long (up to its time
+        limit) holds up none of the others.
+        """
+        slots = asyncio.Semaphore(max(2, min(4, self._cpu_quota)))
+
+        async def load_one(name: str) -> None:
+            async with slots:
+                try:
+                    await self.load(name, LoadReason.STARTUP)
+                except ServingError as exc:
+                    log.error("model %s failed to load: %s", name, exc.message)
+
+        await asyncio.gather(*(load_one(name) for name in self.repository.model_names()))
 
     async def load(self, name: str, reason: LoadReason = LoadReason.RELOAD) -> list[ModelVersion]:
         """(Re)load the versions of ``name`` its policy selects; the old ones serve until the
@@ -293,7 +303,13 @@ class ModelRegistry:
             labels=labels,
         )
         async with self.hooks.loading(name, version, config, reason) as loading:
-            model = await asyncio.to_thread(loading.build, load)
+            # Within time limits, on a thread of its own (app/registry/time_limits.py).
+            model = await load_in_time(
+                self._settings,
+                f"model {name} v{version}",
+                config,
+                lambda deadline: loading.build(partial(load, deadline=deadline)),
+            )
             await loading.loaded(model)
         if self._runner_factory is not None:
             model.runner = self._runner_factory(model)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from app.errors import ModelNotReady, QueueTimeout
+from app.errors import ModelNotReady, QueueFull, QueueTimeout
 
 Feeds = dict[str, np.ndarray]
 T = TypeVar("T")
@@ -26,11 +26,13 @@ class RunAbandoned(Exception):
     """A run left the queue because its client went away (nobody would read the result)."""
 
 
-# An inline run that takes more CPU than this stops its pool running inline (``inline``).
-# Runs are timed on the wall clock (free); one that takes this long has the next run timed
-# on the thread's CPU clock (a system call), which preemptions by other processes, not the
-# model's doing, do not inflate.
+# An inline run that takes more CPU than this sends its pool's runs to its threads for good.
+# Runs are timed on the wall clock (free); one that takes this long has the next
+# ``CPU_TIMED_RUNS`` runs timed on the thread's CPU clock (a system call), which preemptions
+# by other processes, not the model's doing, do not inflate. Every run of that window is
+# timed, so runs that alternate slow and fast cannot slip through.
 INLINE_SLOW_RUN = 0.002
+CPU_TIMED_RUNS = 64
 
 # Runs that started at once watch their client only after this many seconds.
 WATCH_RUNS_AFTER = 0.05
@@ -96,8 +98,8 @@ class SessionPool:
         #: Run on the event loop itself: set at load for models whose runs take microseconds
         #: (a hand-off to a thread would cost more than the run), cleared by a slow run.
         self.inline = False
-        # Set by an inline run slow on the wall clock: the next one is timed on the CPU clock.
-        self._suspect = False
+        # Inline runs still to time on the CPU clock, after one slow on the wall clock.
+        self._cpu_timed = 0
         # Runs submitted through ``run`` and not finished (touched on the event loop only).
         self._runs = 0
 
@@ -123,17 +125,26 @@ class SessionPool:
         *,
         queue_timeout: float | None = None,
         abandoned: Callable[[], Awaitable[object]] | None = None,
+        max_waiting: int = 0,
     ) -> tuple[list[np.ndarray], float, float]:
         """Run in the pool's executor; returns outputs, queue seconds and compute seconds.
 
         The wait for a free session ends after ``queue_timeout`` seconds (QueueTimeout). When
         ``abandoned`` returns (the client went away) a waiting run leaves the queue and a run
         that has lasted ``WATCH_RUNS_AFTER`` seconds is terminated, freeing its session; both
-        raise RunAbandoned. A run that has started is not bounded by ``queue_timeout``. When
+        raise RunAbandoned. A run that has started is not bounded by ``queue_timeout``. With
+        ``max_waiting`` requests already waiting for a session, a new one is refused
+        (QueueFull, 503 with Retry-After; 0: no limit). When
         the caller's task is cancelled, its run is dropped or terminated alike.
         """
         if self.inline:
             return self._run_inline(feeds, outputs)
+        if max_waiting and self._runs - self.size >= max_waiting:
+            # Admission control: a wait that long helps nobody; the client retries later.
+            raise QueueFull(
+                f"{max_waiting} requests already wait for a session of this model",
+                retry_after=1.0,
+            )
         self._enter()
         submitted = time.perf_counter()
         # With a session free the run starts at once: nothing to bound, and its client is
@@ -184,26 +195,26 @@ class SessionPool:
         # the time to take it (reported, as Triton's queue time, so that it is never a made-up 0).
         called = time.perf_counter()
         self._enter()
-        suspect = self._suspect
-        cpu = time.thread_time() if suspect else 0.0
+        timed = self._cpu_timed
+        cpu = time.thread_time() if timed else 0.0
         try:
             result, compute = self.run_blocking(feeds, outputs)
         finally:
             self._leave()
         queued = max(0.0, time.perf_counter() - called - compute)
-        if suspect:
-            self._suspect = False
+        if timed:
+            self._cpu_timed = timed - 1
             cpu = time.thread_time() - cpu
             if cpu > INLINE_SLOW_RUN:
-                # Inputs can steer a run's cost (sizes or loops read from the data): a run
-                # that proved slow sends this pool's runs back to its threads for good.
+                # The model itself made this run slow: its runs go to its threads for good.
                 self.inline = False
                 log.warning(
-                    "%s: a run took %.1f ms on the event loop; runs go to threads from now on",
+                    "%s: a run took %.1f ms of CPU on the event loop; runs go to threads from "
+                    "now on",
                     self.label, cpu * 1000,
                 )  # fmt: skip
         elif compute > INLINE_SLOW_RUN:
-            self._suspect = True
+            self._cpu_timed = CPU_TIMED_RUNS
         return result, queued, compute
 
     def _run_ended(self) -> None:

@@ -13,8 +13,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from app.errors import InvalidModel
+from app.errors import InvalidModel, hide_paths
 from app.registry.model import TensorSpec, _spec, infer_max_batch_size, warmup_feeds
+from app.registry.time_limits import Deadline, StepTimedOut, no_deadline
 
 # Domains whose opset onnxruntime stamps a ceiling on; custom domains are left to the session.
 ONNX_DOMAINS = {"": "ai.onnx", "ai.onnx": "ai.onnx", "ai.onnx.ml": "ai.onnx.ml"}
@@ -52,7 +53,7 @@ class ModelSignature:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = hide_paths(" ".join(str(exc).split())) or type(exc).__name__
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
 
 
@@ -229,8 +230,10 @@ def _test_session(path: Path, finding: str | None) -> ort.InferenceSession:
         ) from None
 
 
-def validate_model_file(path: Path) -> ModelSignature:
+def validate_model_file(path: Path, deadline: Deadline | None = None) -> ModelSignature:
     """Run every check on the model at ``path`` (blocking); the first failure is a 422.
+
+    The test run is terminated at ``deadline`` (a ``StepTimedOut``, also a 422).
 
     Order: parse, external data confined to the model's own folder (before anything follows
     a data path), opsets the installed onnxruntime supports, ``onnx.checker`` full check, a
@@ -247,8 +250,11 @@ def validate_model_file(path: Path) -> ModelSignature:
     session = _test_session(path, finding)
     inputs = [_spec(arg) for arg in session.get_inputs()]
     outputs = [_spec(arg) for arg in session.get_outputs()]
+    run = deadline.run if deadline is not None else no_deadline
     try:
-        session.run(None, warmup_feeds(inputs, 1))
+        run(session, warmup_feeds(inputs, 1))
+    except StepTimedOut:
+        raise
     except Exception as exc:  # onnxruntime raises several unrelated types
         raise InvalidModel(
             _with_finding(f"warm-up inference on zeros failed: {_reason(exc)}", finding)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.errors import InvalidModel
+from app.registry.time_limits import StepTimedOut, no_deadline
 
 if TYPE_CHECKING:
     from app.registry.model import TensorSpec
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
+Run = Callable[[ort.InferenceSession, Feeds], list[np.ndarray]]
 
 
 def sample_feeds(path: Path, inputs: list[TensorSpec]) -> Feeds:
@@ -53,14 +55,21 @@ def sample_feeds(path: Path, inputs: list[TensorSpec]) -> Feeds:
 
 
 def warm_up(
-    label: str, sessions: Sequence[ort.InferenceSession], feeds: list[Feeds], generated: bool
+    label: str,
+    sessions: Sequence[ort.InferenceSession],
+    feeds: list[Feeds],
+    generated: bool,
+    run: Run = no_deadline,
 ) -> str | None:
-    """Run every feed on every session; returns why a warm-up on generated inputs was skipped
-    (None when it ran). A failure on the model's own samples is an ``InvalidModel``."""
+    """Run every feed on every session with ``run``; returns why a warm-up on generated
+    inputs was skipped (None when it ran). A failure on the model's own samples is an
+    ``InvalidModel``; a run past its time limit is ``StepTimedOut`` either way."""
     try:
         for feed in feeds:
             for session in sessions:
-                session.run(None, feed)
+                run(session, feed)
+    except StepTimedOut:
+        raise
     except Exception as exc:  # onnxruntime raises several unrelated types
         if not generated:
             raise InvalidModel(f"warm-up inference on warmup.samples failed: {exc}") from None

@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from app.errors import ClientDisconnected, ModelNotReady, QueueFull, QueueTimeout
+from app.errors import ClientDisconnected, InvalidModel, ModelNotReady, QueueFull, QueueTimeout
 from app.inference.batching import DynamicBatcher, batcher_for
 from app.metrics import Metrics
 from app.registry.model import ModelVersion
@@ -341,7 +341,8 @@ def test_close_fails_what_is_still_queued(probe_model: ModelVersion) -> None:
 
 
 def rows_seen() -> onnx.ModelProto:
-    """``y`` [N, 2]: every row holds N, the batch size the session ran with."""
+    """``y`` [N, 2]: every row holds N, the batch size the session ran with (rows that depend
+    on the batch: refused at load for dynamic batching unless warm-up is off)."""
     graph = helper.make_graph(
         [
             helper.make_node("Shape", ["x"], ["shape"]),
@@ -366,10 +367,12 @@ def rows_seen() -> onnx.ModelProto:
 @pytest.mark.parametrize(("pad", "seen"), [(True, 8.0), (False, 3.0), ("auto", 3.0)])
 def test_padding_gives_every_run_one_shape(tmp_path: Path, pad: object, seen: float) -> None:
     # "auto" pads only on accelerators, whose kernels re-plan whenever the shape changes.
+    # Without a warm-up: the load's row check would refuse a model whose rows show the batch.
     model = load_on_cpu(
         tmp_path,
         rows_seen(),
         dynamic_batching={"preferred_batch_sizes": [8], "pad_batches": pad},
+        warmup={"enabled": False},
     )
     metrics = Metrics()
     batcher = make_batcher(model, metrics)
@@ -386,7 +389,9 @@ def test_padding_gives_every_run_one_shape(tmp_path: Path, pad: object, seen: fl
 
 
 def test_padded_batches_merge_no_more_rows_than_the_padded_shape(tmp_path: Path) -> None:
-    model = load_on_cpu(tmp_path, rows_seen(), dynamic_batching={"pad_batches": True})
+    model = load_on_cpu(
+        tmp_path, rows_seen(), dynamic_batching={"pad_batches": True}, warmup={"enabled": False}
+    )
     metrics = Metrics()
     batcher = make_batcher(model, metrics)
     assert batcher.max_batch_size == 8  # no preferred size: 8 rows, not max_batch_size 64
@@ -400,3 +405,11 @@ def test_padded_batches_merge_no_more_rows_than_the_padded_shape(tmp_path: Path)
     assert sum(size * count for size, count in batches(metrics).items()) == 18
     assert max(batches(metrics)) <= 8
     model.pool.retire(1)
+
+
+def test_batching_is_refused_for_outputs_that_mix_rows(tmp_path: Path) -> None:
+    with pytest.raises(InvalidModel, match="rows of output 'y' depend on other rows"):
+        load_on_cpu(tmp_path / "a", rows_seen(), dynamic_batching={})
+    # Rows that stay apart load (and so does the same model without batching).
+    assert load_on_cpu(tmp_path / "b", probe(), dynamic_batching={}).runner is None
+    assert load_on_cpu(tmp_path / "c", rows_seen()).max_batch_size > 0

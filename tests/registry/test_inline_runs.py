@@ -9,6 +9,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from app.registry.inline_runs import provably_cheap
+from tests.conftest import SAMPLE_MODELS
+from tests.hostile_models import hann_window, loop_in_function, reshape_by_input
 from tests.onnx_models import OPSET, identity, load_on_cpu, mlp, probe
 
 
@@ -66,8 +69,60 @@ def test_a_slow_inline_run_sends_runs_back_to_threads(tmp_path: Path) -> None:
     async def run() -> None:
         await model.pool.run(feeds, None)
 
-    # The first slow run (wall clock) has the next one timed on the CPU clock: slow there too.
+    # A slow run (wall clock) has the runs after it timed on the CPU clock: fast ones in
+    # between cannot keep it inline, the next slow one sends it to threads for good.
+    fast = {**feeds, "spin": np.zeros((1, 1), np.int64)}
+
+    async def fast_run() -> None:
+        await model.pool.run(fast, None)
+
     asyncio.run(run())
+    assert model.pool.inline
+    for _ in range(5):
+        asyncio.run(fast_run())
     assert model.pool.inline
     asyncio.run(run())
     assert not model.pool.inline
+    for _ in range(300):
+        asyncio.run(fast_run())
+    assert not model.pool.inline
+
+
+def shape_derived_reshape() -> onnx.ModelProto:
+    """``y = Reshape(x, concat(shape(x)[0:1], [-1]))``: the shape is computed, from shapes."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["x"], ["dims"]),
+            helper.make_node("Slice", ["dims", "zero", "one"], ["batch"]),
+            helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=0),
+            helper.make_node("Reshape", ["x", "target"], ["y"]),
+        ],
+        "flatten_by_shape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[
+            onnx.numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
+            onnx.numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+def test_only_provably_cheap_graphs_run_inline(tmp_path: Path) -> None:
+    # A Loop hidden in a model-local function, and a window whose size is an input's value:
+    # both fast on warm-up zeros, both as slow as a request likes.
+    assert not load_on_cpu(tmp_path / "f", loop_in_function()).pool.inline
+    assert not load_on_cpu(tmp_path / "h", hann_window()).pool.inline
+    # A shape taken from a request's values.
+    assert not load_on_cpu(tmp_path / "r", reshape_by_input()).pool.inline
+    # A shape computed from tensor shapes only is fine (exporters write these).
+    assert load_on_cpu(tmp_path / "s", shape_derived_reshape()).pool.inline
+
+
+def test_the_bundled_models_stay_inline(tmp_path: Path) -> None:
+    for name in ("digits", "colors", "digits_cnn"):
+        graph = onnx.load(str(SAMPLE_MODELS / name / "1" / "model.onnx"))
+        assert provably_cheap(graph), name

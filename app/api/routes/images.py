@@ -23,6 +23,7 @@ from app.api.image_docs import (
     ImagePredictResponse,
     per_model_openapi,
 )
+from app.api.json_offload import plain_document
 from app.api.responses import json_response
 from app.errors import BadRequest, UnsupportedMediaType
 from app.inference.context import RequestContext
@@ -31,8 +32,8 @@ from app.inference.image_plan import Invert
 from app.inference.images import ImageOptions
 from app.inference.postprocessing import MAX_TOP_K
 from app.inference.preprocessing import MEDIA_TYPES, SUPPORTED
+from app.protocol.numbers import parse_int
 from app.protocol.schemas import ErrorBody
-from app.protocol.v2 import loads_object
 
 OPTION_NAMES = ("top_k", "raw", "invert")
 _TRUE = {"true", "1", "yes", "on"}
@@ -91,8 +92,8 @@ def _flag(value: Any, name: str) -> bool:
 
 
 def _top_k(value: Any) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        return parse_int(value.strip(), "'top_k'", 1, MAX_TOP_K)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_TOP_K:
         raise BadRequest(f"'top_k' must be an integer from 1 to {MAX_TOP_K}, got {value!r:.40}")
     return value
@@ -170,6 +171,12 @@ async def read_upload(request: Request) -> ImageRequest:
             if name == "file":
                 if not isinstance(value, UploadFile):
                     raise BadRequest("'file' must be a file part (curl -F file=@image.png)")
+                part_type = (value.content_type or "").partition(";")[0].strip().lower()
+                if part_type.startswith("image/") and part_type not in MEDIA_TYPES:
+                    raise UnsupportedMediaType(
+                        f"a 'file' part is {part_type:.60}, which is not supported: send "
+                        f"{SUPPORTED}"
+                    )
                 images.append(await value.read())
             elif isinstance(value, UploadFile):
                 raise BadRequest(f"unexpected file part '{name}': send images as 'file'")
@@ -241,7 +248,7 @@ async def predict_image(
         require_json(request)
         dataplane: DataPlane = request.app.state.dataplane
         body = await read_body(request, dataplane.limits.max_request_bytes)
-        doc = loads_object(body)
+        doc = await plain_document(request, body, dataplane.limits)
         if not is_image_document(doc):
             raise BadRequest("send 'image' or 'images' (base64), a multipart form or an image")
         parsed = read_document(doc, request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -10,12 +11,14 @@ from starlette.responses import Response
 from app.api import image_docs
 from app.api.body import read_body
 from app.api.fastpath import HotRoute
+from app.api.json_offload import plain_document
 from app.api.responses import json_response
 from app.api.routes import images
 from app.errors import BadRequest
 from app.inference.context import RequestContext
 from app.inference.dataplane import DataPlane, InferenceResult
 from app.inference.plain import named_inputs
+from app.protocol.response_size import check_response_size
 from app.protocol.schemas import (
     PREDICT_EXAMPLE,
     ErrorBody,
@@ -24,7 +27,7 @@ from app.protocol.schemas import (
     request_body,
 )
 from app.protocol.tensors import jsonable
-from app.protocol.v2 import InferRequest, loads_object
+from app.protocol.v2 import InferRequest
 from app.registry.model import ModelVersion
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -49,7 +52,7 @@ async def predict(request: Request, context: RequestContext) -> Response:
         return await images.answer(request, context, await images.read_upload(request))
     images.require_json(request)
     body = await read_body(request, dataplane.limits.max_request_bytes)
-    doc = loads_object(body)
+    doc = await plain_document(request, body, dataplane.limits)
     if images.is_image_document(doc):
         return await images.answer(request, context, images.read_document(doc, request))
     name, version = _model_field(doc)
@@ -60,10 +63,13 @@ async def predict(request: Request, context: RequestContext) -> Response:
         inputs, unbatched = named_inputs(model, doc["inputs"], dataplane.limits)
         return InferRequest(inputs, unbatched=unbatched)
 
-    return await dataplane.infer(name, version, decode, context, _response)
+    return await dataplane.infer(
+        name, version, decode, context, partial(_response, dataplane.limits.max_response_bytes)
+    )
 
 
-def _response(result: InferenceResult) -> Response:
+def _response(max_response_bytes: int, result: InferenceResult) -> Response:
+    check_response_size([(a, False) for a in result.outputs.values()], max_response_bytes)
     unbatched = result.request.unbatched
     outputs = {n: jsonable(a[0] if unbatched else a) for n, a in result.outputs.items()}
     model = result.model

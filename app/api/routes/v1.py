@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,11 +11,13 @@ from starlette.responses import Response
 from app.api.body import read_body
 from app.api.deps import DataPlaneDep
 from app.api.fastpath import HotRoute
+from app.api.json_offload import plain_document
 from app.api.responses import json_response
 from app.errors import BadRequest
 from app.inference.context import RequestContext
 from app.inference.dataplane import DataPlane, InferenceResult
 from app.inference.plain import instances_inputs, predictions
+from app.protocol.response_size import check_response_size
 from app.protocol.schemas import (
     V1_EXAMPLE,
     ErrorBody,
@@ -22,7 +25,7 @@ from app.protocol.schemas import (
     V1PredictResponse,
     request_body,
 )
-from app.protocol.v2 import InferRequest, loads_object
+from app.protocol.v2 import InferRequest
 from app.registry.model import ModelVersion
 
 router = APIRouter(tags=["v1"])
@@ -49,17 +52,20 @@ async def predict(request: Request, context: RequestContext, model_name: str) ->
     dataplane: DataPlane = request.app.state.dataplane
     limits = dataplane.limits
     body = await read_body(request, limits.max_request_bytes)
+    doc = await plain_document(request, body, limits)
 
     def decode(model: ModelVersion) -> InferRequest:
-        doc = loads_object(body)
         if "instances" not in doc:
             raise BadRequest("'instances' is missing")
         return InferRequest(instances_inputs(model, doc["instances"], limits))
 
-    return await dataplane.infer(model_name, None, decode, context, _response)
+    return await dataplane.infer(
+        model_name, None, decode, context, partial(_response, limits.max_response_bytes)
+    )
 
 
-def _response(result: InferenceResult) -> Response:
+def _response(max_response_bytes: int, result: InferenceResult) -> Response:
+    check_response_size([(a, False) for a in result.outputs.values()], max_response_bytes)
     return json_response({"predictions": predictions(result.model, result.outputs)})
 
 

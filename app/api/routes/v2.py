@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,11 +11,13 @@ from starlette.responses import Response
 from app.api.body import header, read_body
 from app.api.deps import DataPlaneDep
 from app.api.fastpath import HotRoute
+from app.api.json_offload import json_decoders
 from app.api.responses import BytesResponse, error_response, json_response
 from app.errors import ModelNotLoaded, ServingError
 from app.inference.context import RequestContext
-from app.inference.dataplane import DataPlane, InferenceResult
+from app.inference.dataplane import DataPlane, Decoder, InferenceResult
 from app.protocol import binary
+from app.protocol.json_bodies import OFFLOAD_BYTES
 from app.protocol.schemas import (
     V2_INFER_EXAMPLE,
     ErrorBody,
@@ -120,19 +123,22 @@ async def infer(
     limits = dataplane.limits
     header_length = binary.parse_header_length(header(request, HEADER_LENGTH))
     body = await read_body(request, limits.max_request_bytes)
+    decode: Decoder
+    if len(body) > OFFLOAD_BYTES and (header_length is None or header_length > OFFLOAD_BYTES):
+        # A large body is decoded in a worker process, not on the event loop.
+        decoded = await json_decoders(request).run("v2_request", body, header_length, limits)
+        decode = lambda _: decoded  # noqa: E731
+    else:
+        decode = lambda _: parse_infer_request(body, header_length, limits)  # noqa: E731
     return await dataplane.infer(
-        model_name,
-        model_version,
-        lambda _: parse_infer_request(body, header_length, limits),
-        context,
-        _response,
+        model_name, model_version, decode, context, partial(_response, limits.max_response_bytes)
     )
 
 
-def _response(result: InferenceResult) -> Response:
+def _response(max_response_bytes: int, result: InferenceResult) -> Response:
     model = result.model
     content, json_length = encode_infer_response(
-        model.name, str(model.version), result.outputs, result.request
+        model.name, str(model.version), result.outputs, result.request, max_response_bytes
     )
     if json_length is None:
         return BytesResponse(content)
