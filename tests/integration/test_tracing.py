@@ -65,6 +65,9 @@ def test_spans_of_an_inference_in_memory(tmp_path: Path) -> None:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                # Models load in the background once the app has started.
+                while (await client.get("/v2/health/ready")).status_code != 200:
+                    await asyncio.sleep(0.01)
                 headers = {"traceparent": TRACEPARENT}
                 infer = await client.post("/v2/models/mlp/infer", json=INFER, headers=headers)
                 return infer, await client.get("/v2/models/nope")
