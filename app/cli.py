@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[f"ONNX_SERVE_{field.upper()}"] = str(value)
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    configure_logging(settings.log_level, settings.log_format)
     # uvicorn re-raises the signal that stopped it once its graceful shutdown is done (the
     # drain, see app/api/shutdown.py); by then the work is finished, so exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import __version__
+from app.access_log import AccessLog, access_log_for
 from app.api import errors, image_docs
 from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
 from app.api.middleware import RequestContextMiddleware
@@ -54,6 +55,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.management_api_key is None and settings.allow_open_management:
         log.warning("management endpoints are open to anyone: no API key is configured")
     registry.repository.clean_staging()
+    access_log: AccessLog | None = app.state.access_log
+    if access_log is not None:
+        access_log.start()
     watcher: RepositoryWatcher | None = app.state.watcher
     if watcher is not None:
         watcher.prime()
@@ -97,6 +101,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        if access_log is not None:
+            access_log.close()
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
@@ -133,8 +139,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.installer = installer
     app.state.dataplane = dataplane
     app.state.server = state
+    access_log = access_log_for(settings.log_level, settings.log_format, settings.access_log)
+    app.state.access_log = access_log
     app.state.grpc = (
-        GrpcServer(dataplane, settings.host, settings.grpc_port, reuse_port=settings.workers > 1)
+        GrpcServer(
+            dataplane,
+            settings.host,
+            settings.grpc_port,
+            reuse_port=settings.workers > 1,
+            access_log=access_log,
+        )
         if settings.grpc_port
         else None
     )
@@ -142,7 +156,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     if settings.repository_poll_seconds > 0:
         app.state.watcher = RepositoryWatcher(installer, settings.repository_poll_seconds)
         installer.on_change = app.state.watcher.refresh
-    app.add_middleware(RequestContextMiddleware, state=state)
+    app.add_middleware(RequestContextMiddleware, state=state, access_log=access_log)
     errors.install(app)
     app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, metrics_routes):
@@ -150,7 +164,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     hot = [*v2.HOT_ROUTES, *v1.HOT_ROUTES, *predict.HOT_ROUTES, *images.HOT_ROUTES]
     add_hot_routes(app.router, hot)
     app.include_router(console.router)
-    app.plain_routes = PlainRoutes(hot, partial(RequestContextMiddleware, state=state))
+    app.plain_routes = PlainRoutes(
+        hot, partial(RequestContextMiddleware, state=state, access_log=access_log)
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -175,5 +191,5 @@ def app_from_env() -> FastAPI:
     """Factory for uvicorn (``--factory``): settings from the environment."""
     settings = Settings()
     # Each worker process builds its app here, so each sets up its own logging.
-    configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)

@@ -9,14 +9,15 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access_log import AccessLog
 from app.errors import ServingError, ShuttingDown
+from app.inference.context import REST
 from app.inference.lifecycle import ServerState
 from app.inference.request_ids import request_id as new_request_id
-from app.log import ACCESS_LOGGER, current_request_id
+from app.log import current_request_id
 from app.protocol.timeouts import TIMEOUT_HEADER, timeout_header
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID_HEADER = b"x-request-id"
 #: A request's own queue timeout in microseconds (like v2 ``parameters.timeout``; 0: none).
@@ -52,12 +53,16 @@ class RequestContextMiddleware:
     timeout from ``X-Request-Timeout-Us`` (400 when malformed); the id and the timeout go into
     the scope's ``state`` for the request's context. An exception that escapes the app is
     logged with the id and answered with a 500 here, so that even that response carries it.
+    The access line goes to ``access_log`` (None: no access log).
     """
 
-    def __init__(self, app: ASGIApp, *, state: ServerState) -> None:
+    def __init__(
+        self, app: ASGIApp, *, state: ServerState, access_log: AccessLog | None = None
+    ) -> None:
         self.app = app
         self.state = state
         self.inflight = state.inflight
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,7 +128,13 @@ class RequestContextMiddleware:
                 for message in _error_messages(500, "internal server error"):
                     await send_with_id(message)
         finally:
-            _log_access(scope, status, size, started)
+            if self.access_log is not None:
+                client = scope.get("client")
+                self.access_log.record(
+                    request_id, REST, scope["method"], scope.get("raw_path") or scope["path"],
+                    status, None, size, time.perf_counter() - started,
+                    client[0] if client else "-",
+                )  # fmt: skip
             current_request_id.reset(token)
 
 
@@ -132,26 +143,3 @@ def _path(scope: Scope) -> str:
     raw = scope.get("raw_path")
     path: str = raw.decode("latin-1") if raw else scope["path"]
     return path[:MAX_LOGGED_PATH]
-
-
-def _log_access(scope: Scope, status: int, size: int, started: float) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    client = scope.get("client")
-    host = client[0] if client else "-"
-    path = _path(scope)
-    method = scope["method"]
-    access_log.info(
-        '%s "%s %s" %d %dB %.1fms',
-        host, method, path, status, size, duration_ms,
-        extra={
-            "protocol": "rest",
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "bytes": size,
-            "client": host,
-        },
-    )  # fmt: skip

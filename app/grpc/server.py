@@ -16,6 +16,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2_grpc
 
+from app.access_log import AccessLog
 from app.grpc.calls import SERVICE
 from app.grpc.servicer import InferenceServicer
 from app.inference.dataplane import DataPlane
@@ -28,8 +29,16 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 class GrpcServer:
     """One ``grpc.aio`` server; built in the running loop (``start``), stopped with a grace."""
 
-    def __init__(self, dataplane: DataPlane, host: str, port: int, reuse_port: bool) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        host: str,
+        port: int,
+        reuse_port: bool,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.dataplane = dataplane
+        self.access_log = access_log
         self.address = f"{host}:{port}"
         self.reuse_port = reuse_port
         self.port = 0
@@ -47,7 +56,7 @@ class GrpcServer:
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane), server
+            InferenceServicer(self.dataplane, self.access_log), server
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
