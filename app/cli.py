@@ -55,9 +55,9 @@ def _serve(args: argparse.Namespace) -> int:
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
 
-    import uvicorn
+    from app.workers import serve
 
-    uvicorn.run(
+    return serve(
         "app.main:app_from_env",
         factory=True,
         host=settings.host,
@@ -71,7 +71,6 @@ def _serve(args: argparse.Namespace) -> int:
         # The app's drain already gave in-flight requests the grace period.
         timeout_graceful_shutdown=FINAL_CLOSE_SECONDS,
     )
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from app import __version__
 from app.access_log import AccessLog, access_log_for
 from app.api import errors, image_docs
+from app.api.connections import ConnectionShare
 from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import console, health, images, predict, repository, v1, v2
@@ -80,12 +81,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if multiprocess_dir() is not None
         else None
     )
+    share: ConnectionShare | None = app.state.connection_share
+    counting = asyncio.create_task(share.run()) if share is not None else None
     restore_signals = drain_on_signals(state, settings.shutdown_grace_seconds)
     try:
         yield
     finally:
         restore_signals()
         state.shut_down()
+        if counting is not None:
+            counting.cancel()
         if grpc_server is not None:
             # Calls still running after the drain's grace period get a last second.
             await grpc_server.stop(FINAL_GRPC_SECONDS)
@@ -105,8 +110,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             access_log.close()
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
-    """Build a fresh app; models load when its lifespan starts."""
+def create_app(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    connection_share: ConnectionShare | None = None,
+) -> FastAPI:
+    """Build a fresh app; models load when its lifespan starts. ``connection_share``: this
+    worker's place among several (app/api/connections.py)."""
     metrics = metrics if metrics is not None else Metrics()
     if settings.preload_cuda:
         preload_cuda_libraries()
@@ -141,6 +151,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.server = state
     access_log = access_log_for(settings.log_level, settings.log_format, settings.access_log)
     app.state.access_log = access_log
+    app.state.connection_share = connection_share
     app.state.grpc = (
         GrpcServer(
             dataplane,
@@ -156,7 +167,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     if settings.repository_poll_seconds > 0:
         app.state.watcher = RepositoryWatcher(installer, settings.repository_poll_seconds)
         installer.on_change = app.state.watcher.refresh
-    app.add_middleware(RequestContextMiddleware, state=state, access_log=access_log)
+    front = partial(
+        RequestContextMiddleware, state=state, access_log=access_log, share=connection_share
+    )
+    app.add_middleware(front)
     errors.install(app)
     app.include_router(model_routes.router)
     for module in (health, v2, repository, v1, metrics_routes):
@@ -164,9 +178,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     hot = [*v2.HOT_ROUTES, *v1.HOT_ROUTES, *predict.HOT_ROUTES, *images.HOT_ROUTES]
     add_hot_routes(app.router, hot)
     app.include_router(console.router)
-    app.plain_routes = PlainRoutes(
-        hot, partial(RequestContextMiddleware, state=state, access_log=access_log)
-    )
+    app.plain_routes = PlainRoutes(hot, front)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -192,4 +204,4 @@ def app_from_env() -> FastAPI:
     settings = Settings()
     # Each worker process builds its app here, so each sets up its own logging.
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    return create_app(settings, connection_share=ConnectionShare.from_environment())

@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.access_log import AccessLog
+from app.api.connections import ConnectionShare
 from app.errors import ServingError, ShuttingDown
 from app.inference.context import REST
 from app.inference.lifecycle import ServerState
@@ -53,16 +54,23 @@ class RequestContextMiddleware:
     timeout from ``X-Request-Timeout-Us`` (400 when malformed); the id and the timeout go into
     the scope's ``state`` for the request's context. An exception that escapes the app is
     logged with the id and answered with a 500 here, so that even that response carries it.
-    The access line goes to ``access_log`` (None: no access log).
+    The access line goes to ``access_log`` (None: no access log). With several workers,
+    ``share`` counts the connections and picks those asked to reconnect elsewhere.
     """
 
     def __init__(
-        self, app: ASGIApp, *, state: ServerState, access_log: AccessLog | None = None
+        self,
+        app: ASGIApp,
+        *,
+        state: ServerState,
+        access_log: AccessLog | None = None,
+        share: ConnectionShare | None = None,
     ) -> None:
         self.app = app
         self.state = state
         self.inflight = state.inflight
         self.access_log = access_log
+        self.share = share
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,12 +93,18 @@ class RequestContextMiddleware:
         counted = scope["path"] not in DRAIN_EXEMPT
         status = size = 0
         state = self.state
+        share = self.share
+        client = scope.get("client")
+        if share is not None:
+            share.enter(client)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, size
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", ()), id_header]
-                if state.shutting_down:
+                if state.shutting_down or (
+                    share is not None and share.to_close > 0 and share.should_close(client)
+                ):
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
                 status = message["status"]
@@ -128,8 +142,9 @@ class RequestContextMiddleware:
                 for message in _error_messages(500, "internal server error"):
                     await send_with_id(message)
         finally:
+            if share is not None:
+                share.leave(client)
             if self.access_log is not None:
-                client = scope.get("client")
                 self.access_log.record(
                     request_id, REST, scope["method"], scope.get("raw_path") or scope["path"],
                     status, None, size, time.perf_counter() - started,
