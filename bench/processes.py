@@ -105,13 +105,16 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def onnx_serve(models: Path, log: Path, workers: int = 1) -> Process:
+def onnx_serve(models: Path, log: Path, workers: int = 1, log_level: str | None = None) -> Process:
+    """The server as ``make serve`` starts it (log level info, access log on), unless
+    ``log_level`` says otherwise."""
     port, grpc_port = free_port(), free_port()
     command = [
         sys.executable, "-m", "app.cli", "serve", "--models", str(models),
         "--port", str(port), "--grpc-port", str(grpc_port), "--workers", str(workers),
-        "--log-level", "warning",
     ]  # fmt: skip
+    if log_level is not None:
+        command += ["--log-level", log_level]
     return Process(command, port, "/v2/health/ready", log, grpc_port)
 
 
