@@ -138,19 +138,24 @@ def batching_rows(
     feeds: Callable[[int], dict[str, np.ndarray]],
     title: str,
     pairs: int,
+    window: float,
 ) -> None:
     """``model`` (dynamic batching) at c=32 and c=64, against raw onnxruntime's loop at
-    batch 8 and at the concurrency's own batch size, in alternating windows."""
+    batch 8 and at the concurrency's own batch size, in alternating windows of ``window``
+    seconds (long enough for a few rounds of the concurrency's requests)."""
     for concurrency in (32, 64):
         for batch in (8, concurrency):
+            name = f"{title} v2 binary, dynamic batching, against raw batch {batch}"
 
-            def raw(seconds: float, rows: int = batch) -> Row:
+            def raw(_: float, rows: int = batch) -> Row:
                 name = f"raw onnxruntime, {title} batch {rows}"
-                return bench.raw(name, session, feeds(rows), seconds)
+                return bench.raw(name, session, feeds(rows), window)
+
+            def served(_: float, name: str = name, c: int = concurrency) -> Row:
+                return bench.load(name, server, request, c, window)
 
             before = run_counts(server, model)
-            name = f"{title} v2 binary, dynamic batching, against raw batch {batch}"
-            row = bench.paired(name, server, request, concurrency, raw, "raw", pairs=pairs)
+            row = bench.alternate(served, raw, "raw", pairs=pairs)
             rows, runs = (b - a for a, b in zip(before, run_counts(server, model), strict=True))
             row.note = f"mean batch the server ran: {rows / max(runs, 1):.1f} rows"
 
