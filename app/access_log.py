@@ -10,9 +10,9 @@ each other's lines.
 
 The writing happens on the event loop, between requests, as the ``logging`` handler's did.
 A thread of its own cost more than it saved on a busy machine: every hand-over of the
-interpreter lock between it and the loop waited for the scheduler (0.67x the throughput of
-a server without access log, against 0.96x on the loop, in alternating windows while other
-jobs used half of the machine).
+interpreter lock between it and the loop waited for the scheduler (0.93x and 0.67x the
+throughput of a server without access log in two runs, against 0.98x and 0.96x on the loop,
+in alternating windows while other jobs used half of the machine).
 """
 
 from __future__ import annotations
