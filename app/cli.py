@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import signal
@@ -29,21 +28,6 @@ def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def _leave_unfinished_steps() -> None:
-    """Exit at once when a model step still runs on its thread (building a session cannot be
-    interrupted): everything else is closed, and finalising the interpreter under a thread
-    inside onnxruntime would abort the process."""
-    from app.registry.time_limits import steps_running
-
-    running = steps_running()
-    if running:
-        logging.getLogger(__name__).warning(
-            "exiting with %d model loads or checks unfinished", running
-        )
-        logging.shutdown()
-        os._exit(0)
-
-
 def _serve(args: argparse.Namespace) -> int:
     os.environ.update(setting_variables(args))
     try:
@@ -59,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    configure_logging(settings.log_level, settings.log_format)
     # uvicorn re-raises the signal that stopped it once its graceful shutdown is done (the
     # drain, see app/api/shutdown.py); by then the work is finished, so exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -71,14 +55,13 @@ def _serve(args: argparse.Namespace) -> int:
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
 
-    import uvicorn
-
     from app.api.connections import (
         ConnectionLimits,
         GuardedHttpProtocol,
         connection_cap,
         raise_open_file_limit,
     )
+    from app.workers import serve
 
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
@@ -86,33 +69,25 @@ def _serve(args: argparse.Namespace) -> int:
         body_timeout=settings.body_timeout_seconds,
         max_connections=connection_cap(settings.max_connections, raise_open_file_limit()),
     )
-    try:
-        uvicorn.run(
-            "app.main:app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http=partial(GuardedHttpProtocol, limits=limits),  # type: ignore[arg-type]
-            log_level=settings.log_level,
-            log_config=None,
-            access_log=False,
-            timeout_keep_alive=max(1, round(settings.keep_alive_seconds)),
-            # Client addresses from X-Forwarded-For only behind a proxy the operator named:
-            # otherwise any client (even on loopback) could write what the access log shows.
-            proxy_headers=settings.forwarded_allow_ips is not None,
-            forwarded_allow_ips=settings.forwarded_allow_ips or "",
-            # The app's drain already gave in-flight requests the grace period.
-            timeout_graceful_shutdown=FINAL_CLOSE_SECONDS,
-        )
-    except SystemExit as exc:
-        # How uvicorn ends after a signal (see _exit_cleanly).
-        if exc.code in (0, None):
-            _leave_unfinished_steps()
-        raise
-    _leave_unfinished_steps()
-    return 0
+    return serve(
+        "app.main:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http=partial(GuardedHttpProtocol, limits=limits),
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=max(1, round(settings.keep_alive_seconds)),
+        # Client addresses from X-Forwarded-For only behind a proxy the operator named:
+        # otherwise any client (even on loopback) could write what the access log shows.
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        # The app's drain already gave in-flight requests the grace period.
+        timeout_graceful_shutdown=FINAL_CLOSE_SECONDS,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

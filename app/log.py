@@ -10,11 +10,8 @@ from typing import Literal
 
 import orjson
 
-#: Logger of the access log written by the request middleware (one line per request).
+#: The logger named in access log lines (written by ``app.access_log``, not through logging).
 ACCESS_LOGGER = "onnx_serve.access"
-
-#: Fields an access log record carries besides its message; JSON lines keep them as keys.
-ACCESS_FIELDS = ("protocol", "method", "path", "status", "duration_ms", "bytes", "client")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
@@ -44,7 +41,7 @@ class RequestIdFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, request id (and trace id when
-    tracing is on), access fields."""
+    tracing is on)."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
@@ -57,18 +54,12 @@ class JsonFormatter(logging.Formatter):
         trace_id = getattr(record, "trace_id", None)
         if trace_id is not None:
             doc["trace_id"] = trace_id
-        for name in ACCESS_FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                doc[name] = value
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
 
 
-def configure_logging(
-    level: str, log_format: Literal["text", "json"], access_log: bool = True
-) -> None:
+def configure_logging(level: str, log_format: Literal["text", "json"]) -> None:
     """Send every logger (uvicorn's included) to one stderr handler in ``log_format``.
 
     Safe to call again (each worker process calls it): the root handlers are replaced.
@@ -84,6 +75,5 @@ def configure_logging(
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
-    # The middleware writes the access log, with the request id; uvicorn's own would lack it.
+    # The front ends write the access log (app/access_log.py); uvicorn's would lack the ids.
     logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger(ACCESS_LOGGER).disabled = not access_log

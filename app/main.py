@@ -14,7 +14,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
+from app.access_log import AccessLog, access_log_for
 from app.api import errors
+from app.api.connection_share import ConnectionShare
 from app.api.fastpath import PlainRoutes, ServingApp, add_hot_routes
 from app.api.head import HeadAsGet
 from app.api.json_offload import JsonDecoders
@@ -59,6 +61,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.management_api_key is None and settings.allow_open_management:
         log.warning("management endpoints are open to anyone: no API key is configured")
     registry.repository.clean_staging()
+    access_log: AccessLog | None = app.state.access_log
+    if access_log is not None:
+        access_log.start()
     watcher: RepositoryWatcher | None = app.state.watcher
     if watcher is not None:
         watcher.prime()
@@ -69,21 +74,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.server
     grpc_server: GrpcServer | None = app.state.grpc
 
-    async def load_then_serve() -> None:
-        # The HTTP server listens meanwhile: liveness answers, each model serves once it has
+    async def load_then_ready() -> None:
+        # The server listens meanwhile: liveness answers, each model serves once it has
         # loaded, and a model that takes long (up to its time limit) holds up none of the
-        # others; readiness (and gRPC) come when every model has loaded or failed.
+        # others; readiness comes when every model has loaded or failed.
         await registry.load_all()
         if watcher is not None:
             watcher.start()
         state.ready = True
         if grpc_server is not None and not state.shutting_down:
-            await grpc_server.start()
+            await grpc_server.refresh_health()
 
     loop_lag = LoopLag()
     app.state.metrics.loop_lag = loop_lag.take
     watching = asyncio.create_task(loop_lag.watch())
-    startup = asyncio.create_task(load_then_serve())
+    startup = asyncio.create_task(load_then_ready())
     startup.add_done_callback(_log_failure)
     # With worker processes a scrape reads every worker's series from shared files: each
     # worker moves its figures there on its own (a single process does it at each scrape).
@@ -92,12 +97,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if multiprocess_dir() is not None
         else None
     )
+    share: ConnectionShare | None = app.state.connection_share
+    counting = asyncio.create_task(share.run()) if share is not None else None
     restore_signals = drain_on_signals(state, settings.shutdown_grace_seconds)
     try:
+        if share is not None:
+            # One of several workers: it starts listening once its models have loaded, so
+            # no connection reaches a worker that would answer "loading" while others serve.
+            await asyncio.wait([startup])
+        if grpc_server is not None and not state.shutting_down:
+            # A port in use fails the startup here, as the HTTP port's does.
+            await grpc_server.start()
         yield
     finally:
         restore_signals()
         state.shut_down()
+        if counting is not None:
+            counting.cancel()
         for task in (startup, watching):
             if not task.done():
                 task.cancel()
@@ -124,6 +140,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        if access_log is not None:
+            access_log.close()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -132,10 +150,14 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 
 def create_app(
-    settings: Settings, metrics: Metrics | None = None, tracing: Tracing | None = None
+    settings: Settings,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
+    connection_share: ConnectionShare | None = None,
 ) -> FastAPI:
     """Build a fresh app; models load when its lifespan starts. ``tracing`` defaults to the
-    settings' OTLP export (None: off)."""
+    settings' OTLP export (None: off); ``connection_share``: this worker's place among
+    several (app/api/connection_share.py)."""
     metrics = metrics if metrics is not None else Metrics()
     tracing = tracing if tracing is not None else Tracing.from_settings(settings)
     if settings.preload_cuda:
@@ -177,12 +199,16 @@ def create_app(
     app.state.server = state
     app.state.tracing = tracing
     app.state.json_decoders = JsonDecoders(settings.json_decode_processes)
+    access_log = access_log_for(settings.log_level, settings.log_format, settings.access_log)
+    app.state.access_log = access_log
+    app.state.connection_share = connection_share
     app.state.grpc = (
         GrpcServer(
             dataplane,
             settings.host,
             settings.grpc_port,
             reuse_port=settings.workers > 1,
+            access_log=access_log,
             tracing=tracing,
         )
         if settings.grpc_port
@@ -194,7 +220,12 @@ def create_app(
         installer.on_change = app.state.watcher.refresh
     app.add_middleware(HeadAsGet)
     front = partial(
-        RequestContextMiddleware, state=state, responses=metrics.http_responses, tracing=tracing
+        RequestContextMiddleware,
+        state=state,
+        responses=metrics.http_responses,
+        tracing=tracing,
+        access_log=access_log,
+        share=connection_share,
     )
     app.add_middleware(front)
     errors.install(app)
@@ -219,5 +250,5 @@ def app_from_env() -> FastAPI:
     """Factory for uvicorn (``--factory``): settings from the environment."""
     settings = Settings()
     # Each worker process builds its app here, so each sets up its own logging.
-    configure_logging(settings.log_level, settings.log_format, settings.access_log)
-    return create_app(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings, connection_share=ConnectionShare.from_environment())

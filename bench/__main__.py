@@ -33,10 +33,11 @@ from bench.optimized import optimize_section, optimize_targets
 from bench.processes import CpuWatch, Process, bare_asgi, bare_grpc, onnx_serve
 from bench.raw import run_loop, server_session
 from bench.report import Row, machine, print_table, targets
+from bench.throughput import batching_rows, few_connections_rows, log_section
 
 HOST = "127.0.0.1"
 Reference = Callable[[float], Row]
-SECTIONS = ("resnet", "wide", "mlp", "grpc", "workers", "optimize", "memory")
+SECTIONS = ("resnet", "wide", "mlp", "log", "grpc", "workers", "optimize", "memory")
 
 
 class Bench:
@@ -221,6 +222,16 @@ def resnet_section(bench: Bench, server: Process, files: dict[str, Path]) -> Non
 
         bench.alternate(batched, raw, "raw", pairs=pairs)
 
+    def images(rows: int) -> dict[str, np.ndarray]:
+        return {RESNET_INPUT: payloads.resnet_input(rows)}
+
+    request = payloads.v2_binary("resnet50_batched", RESNET_INPUT, x, RESNET_OUTPUT)
+    # A round of 64 images takes over a second even on a quiet machine: longer windows.
+    window = max(bench.seconds, 10.0)
+    batching_rows(
+        bench, server, session, "resnet50_batched", request, images, "ResNet-50", 1, window
+    )
+
 
 def wide_section(bench: Bench, server: Process, files: dict[str, Path]) -> None:
     """A memory-bound model, where a batch costs little more than one row: batching pays."""
@@ -240,6 +251,14 @@ def wide_section(bench: Bench, server: Process, files: dict[str, Path]) -> None:
     bench.paired(name, server, batched, 8, raw, "raw", pairs=pairs)
     feeds = {"x": np.repeat(x, 8, axis=0)}
     bench.record(bench.raw("raw onnxruntime, wide MLP batch 8", session, feeds, bench.seconds))
+
+    def rows_of_x(rows: int) -> dict[str, np.ndarray]:
+        return {"x": np.repeat(x, rows, axis=0)}
+
+    batching_rows(
+        bench, server, session, "mlp_wide_batched", batched, rows_of_x, "wide MLP", pairs,
+        bench.seconds,
+    )  # fmt: skip
 
 
 def mlp_section(bench: Bench, server: Process, files: dict[str, Path], logs: Path) -> None:
@@ -361,6 +380,7 @@ def workers_section(bench: Bench, one: Process, repo: Path, logs: Path) -> None:
         # its counts to the shared series every FLUSH_SECONDS.
         time.sleep(2 * FLUSH_SECONDS + 0.5)
         counted = success_count(two, "mlp") - before
+        few_connections_rows(bench, one, two, logs / "server-2-workers.log")
     sent = sum(r.requests for r in rows)
     cut = 16 * bench.pairs * len(requests)
     last = rows[-1]
@@ -395,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     if wrk_path() is None:
         print("wrk not found (apt-get install wrk): using the slower Python client", flush=True)
     print(machine(), flush=True)
+    print(
+        "Servers under test: the default configuration (log level info, access log on), as "
+        "`make serve` starts them, unless a row says otherwise",
+        flush=True,
+    )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="onnx-serve-bench-") as tmp:
         root = Path(tmp)
@@ -413,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                     wide_section(bench, server, files)
                 if "mlp" in wanted:
                     mlp_section(bench, server, files, root)
+                if "log" in wanted:
+                    log_section(bench, mlp_repo, root)
                 if "grpc" in wanted:
                     grpc_section(bench, server, files, root)
                 if "workers" in wanted:

@@ -114,13 +114,18 @@ def onnx_serve(
     workers: int = 1,
     args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    log_level: str | None = None,
 ) -> Process:
+    """The server as ``make serve`` starts it (log level info, access log on), unless
+    ``log_level`` says otherwise; ``args``: more flags, ``env``: more environment."""
     port, grpc_port = free_port(), free_port()
     command = [
         sys.executable, "-m", "app.cli", "serve", "--models", str(models),
         "--port", str(port), "--grpc-port", str(grpc_port), "--workers", str(workers),
-        "--log-level", "warning", *(args or []),
+        *(args or []),
     ]  # fmt: skip
+    if log_level is not None:
+        command += ["--log-level", log_level]
     return Process(command, port, "/v2/health/ready", log, grpc_port, env)
 
 

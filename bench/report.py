@@ -36,6 +36,8 @@ class Row:
     metrics_ok: bool | None = None
     #: Accuracy figures of an optimised model's answers (relative error, top-1 agreement).
     quality: dict[str, float] = field(default_factory=dict)
+    #: Requests each worker served, window by window (several workers).
+    workers_served: list[list[int]] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -73,19 +75,19 @@ def print_table(rows: list[Row]) -> None:
     """Print the rows as a Markdown table."""
     print(
         "| measurement | rows/req | req/s (runs/s) | p50 ms | p99 ms | errors | vs raw | "
-        "vs ceiling | vs 1 worker | vs fp32 | server CPU | others' CPU | tool |"
+        "vs ceiling | vs 1 worker | vs fp32 | vs log warning | server CPU | others' CPU | tool |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
         if row.kind == "skipped":
-            print(f"| {row.label()} | | | | | | | | | | | | skipped: {row.note} |")
+            print(f"| {row.label()} | | | | | | | | | | | | | skipped: {row.note} |")
             continue
         cpu = f"{row.server_cpu:.0%}" if row.kind != "raw" else f"{row.server_cpu:.0%} (loop)"
         print(
             f"| {row.label()} | {row.rows_per_request} | {row.per_second:.1f} | "
             f"{row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.errors} | {_ratio(row, 'raw')} | "
             f"{_ratio(row, 'ceiling')} | {_ratio(row, '1 worker')} | {_ratio(row, 'fp32')} | "
-            f"{cpu} | "
+            f"{_ratio(row, 'log warning')} | {cpu} | "
             f"{row.foreign_cpu:.0%} | {row.tool} |"
         )
     for row in rows:
@@ -106,6 +108,7 @@ def _find(rows: list[Row], name: str, concurrency: int, workers: int = 1) -> Row
 
 
 RAW_RESNET = "raw onnxruntime, ResNet-50 batch"
+WIDE_BATCHING = "wide MLP v2 binary, dynamic batching"
 
 
 def targets(rows: list[Row]) -> str:
@@ -127,8 +130,29 @@ def targets(rows: list[Row]) -> str:
             "ResNet-50 dynamic batching (preferred batch 4) c=8 >= 1.05x raw batch-1",
         ),
         ("ResNet-50 v2 JSON", 4, "raw", 0.80, "ResNet-50 JSON c=4 >= 0.80x raw batch-1"),
-        ("MLP v2 JSON", 16, "ceiling", 0.25, "MLP JSON v2 c=16, 1 worker >= 0.25x bare ASGI"),
+        (
+            "MLP v2 JSON",
+            16,
+            "ceiling",
+            0.25,
+            "MLP JSON v2 c=16, 1 worker, default configuration >= 0.25x bare ASGI",
+        ),
         ("MLP /predict JSON", 16, "ceiling", 0.25, "MLP /predict c=16, 1 worker >= 0.25x bare"),
+        (
+            "MLP v2 JSON, default configuration",
+            16,
+            "log warning",
+            0.95,
+            "MLP v2 JSON c=16, default configuration (info, access log) >= 0.95x --log-level "
+            "warning",
+        ),
+        (
+            f"{WIDE_BATCHING}, against raw batch 8",
+            64,
+            "raw",
+            0.6,
+            "wide MLP dynamic batching c=64 >= 0.6x raw batch-8 rows/s",
+        ),
         (
             "ResNet-50 gRPC raw tensors",
             4,
@@ -175,9 +199,21 @@ def targets(rows: list[Row]) -> str:
         lines.append("  [ -- ] 2 workers: not measured")
     for row in doubles:
         rise = row.ratios.get("1 worker")
+        # Over a few connections the workers must share them: 1.4x one worker asked.
+        bound = 1.4 if row.workers_served else 1.0
         if rise is not None:
-            mark = "met " if rise > 1.0 else "MISS"
-            lines.append(f"  [{mark}] 2 workers vs 1 (side by side), {row.name}: {rise:.3f}x")
+            mark = "met " if rise >= bound else "MISS"
+            lines.append(
+                f"  [{mark}] 2 workers vs 1 (side by side), {row.name}, "
+                f"c={row.concurrency}: {rise:.3f}x (>= {bound}x)"
+            )
+        if row.workers_served:
+            both = all(len(s) == 2 and min(s) > 0 for s in row.workers_served)
+            least = min((min(s) / sum(s) if len(s) == 2 else 0.0) for s in row.workers_served)
+            lines.append(
+                f"  [{'met ' if both else 'MISS'}] 2 workers, {row.concurrency} connections: both "
+                f"served in every window (least share of a window {least:.0%})"
+            )
         if row.metrics_ok is not None:
             ok = "met " if row.metrics_ok else "MISS"
             lines.append(f"  [{ok}] 2 workers, metrics add up: {row.note}")

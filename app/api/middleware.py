@@ -9,16 +9,18 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access_log import AccessLog
+from app.api.connection_share import ConnectionShare
 from app.errors import ServingError, ShuttingDown
+from app.inference.context import REST
 from app.inference.lifecycle import ServerState
 from app.inference.request_ids import request_id as new_request_id
-from app.log import ACCESS_LOGGER, current_request_id, current_trace_id
+from app.log import current_request_id, current_trace_id
 from app.metrics.http import UNMATCHED, HttpResponses
 from app.protocol.timeouts import TIMEOUT_HEADER, timeout_header
 from app.tracing import RequestSpan, Tracing, trace_headers
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID_HEADER = b"x-request-id"
 #: A request's own queue timeout in microseconds (like v2 ``parameters.timeout``; 0: none).
@@ -54,6 +56,8 @@ class RequestContextMiddleware:
     timeout from ``X-Request-Timeout-Us`` (400 when malformed); the id and the timeout go into
     the scope's ``state`` for the request's context. An exception that escapes the app is
     logged with the id and answered with a 500 here, so that even that response carries it.
+    The access line goes to ``access_log`` (None: no access log). With several workers,
+    ``share`` counts the connections and picks those asked to reconnect elsewhere.
     """
 
     def __init__(
@@ -63,6 +67,8 @@ class RequestContextMiddleware:
         state: ServerState,
         responses: HttpResponses | None = None,
         tracing: Tracing | None = None,
+        access_log: AccessLog | None = None,
+        share: ConnectionShare | None = None,
     ) -> None:
         self.app = app
         self.state = state
@@ -71,6 +77,8 @@ class RequestContextMiddleware:
         self.responses = responses
         #: Traces requests when tracing is on (see app/tracing.py).
         self.tracing = tracing
+        self.access_log = access_log
+        self.share = share
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,11 +101,16 @@ class RequestContextMiddleware:
         counted = scope["path"] not in DRAIN_EXEMPT
         status = size = 0
         state = self.state
-        span = None
+        span = trace_id = None
         if self.tracing is not None:
             span = request_span(self.tracing, scope, request_id)
             request_state["trace"] = span
-            trace_token = current_trace_id.set(span.trace_id())
+            trace_id = span.trace_id()
+            trace_token = current_trace_id.set(trace_id)
+        share = self.share
+        client = scope.get("client")
+        if share is not None:
+            share.enter(client)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, size
@@ -105,7 +118,9 @@ class RequestContextMiddleware:
                 headers = [*message.get("headers", ()), id_header]
                 if span is not None:
                     headers.append((b"traceparent", span.traceparent().encode()))
-                if state.shutting_down:
+                if state.shutting_down or (
+                    share is not None and share.to_close > 0 and share.should_close(client)
+                ):
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
                 status = message["status"]
@@ -143,7 +158,14 @@ class RequestContextMiddleware:
                 for message in _error_messages(500, "internal server error"):
                     await send_with_id(message)
         finally:
-            _log_access(scope, status, size, started)
+            if share is not None:
+                share.leave(client)
+            if self.access_log is not None:
+                self.access_log.record(
+                    request_id, REST, scope["method"], scope.get("raw_path") or scope["path"],
+                    status, None, size, time.perf_counter() - started,
+                    client[0] if client else "-", trace_id,
+                )  # fmt: skip
             if self.responses is not None or span is not None:
                 route = route_label(scope)
                 if self.responses is not None:
@@ -175,26 +197,3 @@ def _path(scope: Scope) -> str:
     raw = scope.get("raw_path")
     path: str = raw.decode("latin-1") if raw else scope["path"]
     return path[:MAX_LOGGED_PATH]
-
-
-def _log_access(scope: Scope, status: int, size: int, started: float) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    client = scope.get("client")
-    host = client[0] if client else "-"
-    path = _path(scope)
-    method = scope["method"]
-    access_log.info(
-        '%s "%s %s" %d %dB %.1fms',
-        host, method, path, status, size, duration_ms,
-        extra={
-            "protocol": "rest",
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "bytes": size,
-            "client": host,
-        },
-    )  # fmt: skip

@@ -12,11 +12,12 @@ from typing import Any, Literal, TypeVar
 
 import grpc
 
+from app.access_log import AccessLog
 from app.errors import ServingError, ShuttingDown
 from app.inference.context import GRPC, RequestContext
 from app.inference.dataplane import DataPlane
 from app.inference.request_ids import request_id
-from app.log import ACCESS_LOGGER, current_request_id
+from app.log import current_request_id
 from app.tracing import TRACE_HEADERS, RequestSpan, Tracing
 
 T = TypeVar("T")
@@ -24,7 +25,6 @@ T = TypeVar("T")
 #: inference key when one is set, or holders of the management key.
 Access = Literal["open", "inference", "management"]
 log = logging.getLogger(__name__)
-access_log = logging.getLogger(ACCESS_LOGGER)
 
 SERVICE = "inference.GRPCInferenceService"
 CODES = {code.name: code for code in grpc.StatusCode}
@@ -51,11 +51,18 @@ def presented(metadata: Any) -> tuple[bytes | None, str | None]:
 
 
 class Calls:
-    """Runs one servicer method's body the way every call of this server runs."""
+    """Runs one servicer method's body the way every call of this server runs; each call's
+    access line goes to ``access_log`` (None: no access log)."""
 
-    def __init__(self, dataplane: DataPlane, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        access_log: AccessLog | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.state = dataplane.state
+        self.access_log = access_log
         #: Traces unary calls when tracing is on (see app/tracing.py).
         self.tracing = tracing
 
@@ -76,6 +83,23 @@ class Calls:
             return request, exc
         return request, None
 
+    def log(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        code: grpc.StatusCode,
+        started: float,
+        call_id: str,
+        span: RequestSpan | None = None,
+    ) -> None:
+        """The call's access line, with the same fields as the HTTP lines."""
+        if self.access_log is not None:
+            self.access_log.record(
+                call_id, GRPC, "GRPC", f"/{SERVICE}/{method}", code.value[0], code.name, None,
+                time.perf_counter() - started, context.peer() or "-",
+                None if span is None else span.trace_id(),
+            )  # fmt: skip
+
     async def unary(
         self,
         context: grpc.aio.ServicerContext[Any, Any],
@@ -94,11 +118,13 @@ class Calls:
         token = None
         request: RequestContext | None = None
         span = None
+        call_id = "-"
         try:
             request, refused = self.open(context, access)
-            token = current_request_id.set(request.request_id)
+            call_id = request.request_id
+            token = current_request_id.set(call_id)
             if self.tracing is not None:
-                span = request.trace = await self._span(context, method, request.request_id)
+                span = request.trace = await self._span(context, method, call_id)
             if counted and state.shutting_down:
                 raise ShuttingDown("the server is shutting down; retry on another instance")
             if refused is not None:
@@ -126,7 +152,7 @@ class Calls:
             await context.abort(code, "internal server error")
             raise  # not reached: abort raises
         finally:
-            log_call(context, method, code, started)
+            self.log(context, method, code, started, call_id, span)
             if span is not None:
                 error = None if code == grpc.StatusCode.OK else code.name
                 span.finish(f"{SERVICE}/{method}", error=error)
@@ -168,29 +194,3 @@ async def abort(
     if trailers:
         context.set_trailing_metadata(tuple(trailers))
     await context.abort(CODES[exc.grpc_status], exc.message)
-
-
-def log_call(
-    context: grpc.aio.ServicerContext[Any, Any],
-    method: str,
-    code: grpc.StatusCode,
-    started: float,
-) -> None:
-    """One access log line per call, with the same fields as the HTTP lines."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    peer = context.peer() or "-"
-    path = f"/{SERVICE}/{method}"
-    access_log.info(
-        '%s "GRPC %s" %s %.1fms',
-        peer, path, code.name, duration_ms,
-        extra={
-            "method": "GRPC",
-            "path": path,
-            "status": code.value[0],
-            "duration_ms": duration_ms,
-            "client": peer,
-            "protocol": GRPC,
-        },
-    )  # fmt: skip

@@ -16,6 +16,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2_grpc
 
+from app.access_log import AccessLog
 from app.grpc.calls import SERVICE
 from app.grpc.servicer import InferenceServicer
 from app.inference.dataplane import DataPlane
@@ -50,9 +51,11 @@ class GrpcServer:
         host: str,
         port: int,
         reuse_port: bool,
+        access_log: AccessLog | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self.dataplane = dataplane
+        self.access_log = access_log
         self.tracing = tracing
         self.address = f"{host}:{port}"
         self.reuse_port = reuse_port
@@ -77,7 +80,7 @@ class GrpcServer:
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane, self.tracing), server
+            InferenceServicer(self.dataplane, self.access_log, self.tracing), server
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -99,6 +102,10 @@ class GrpcServer:
 
         self.dataplane.state.on_shutdown.append(not_serving)
         log.info("gRPC listening on %s:%d", self.address.rpartition(":")[0], self.port)
+
+    async def refresh_health(self) -> None:
+        """The health service says SERVING once the server is ready (and not draining)."""
+        await self._set_health(serving=self.dataplane.ready())
 
     def _not_serving(self) -> None:
         task = asyncio.ensure_future(self._set_health(serving=False))

@@ -17,9 +17,10 @@ from typing import Any, TypeAlias
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from app.access_log import AccessLog
 from app.errors import ServingError, ShuttingDown
 from app.grpc import codec
-from app.grpc.calls import Calls, abort, log_call
+from app.grpc.calls import Calls, abort
 from app.inference.context import GRPC, RequestContext
 from app.inference.dataplane import DataPlane, InferenceResult
 from app.inference.request_ids import request_id
@@ -69,9 +70,14 @@ def stream_error(
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Every call decodes its message, calls the data plane and encodes the answer."""
 
-    def __init__(self, dataplane: DataPlane, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        access_log: AccessLog | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.dataplane = dataplane
-        self.calls = Calls(dataplane, tracing)
+        self.calls = Calls(dataplane, access_log, tracing)
 
     # ---- health and metadata -------------------------------------------------------------
 
@@ -237,7 +243,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 answer = stream_error(message, exc)
             finally:
                 state.inflight.leave()
-                log_call(context, "ModelStreamInfer", code, started)
+                self.calls.log(context, "ModelStreamInfer", code, started, call.request_id)
                 current_request_id.reset(token)
                 slots.release()
             await answers.put(answer)

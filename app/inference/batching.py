@@ -37,6 +37,11 @@ from app.registry.session_pool import SessionPool
 
 log = logging.getLogger(__name__)
 
+# A queued request watches its client only once it has waited this long: watching (a task
+# that awaits the connection's end) cost more loop time than the rest of a request's way
+# through the queue, and in a busy queue most requests wait less.
+WATCH_QUEUED_AFTER = 0.05
+
 
 @dataclass(eq=False, slots=True)
 class _Pending:
@@ -51,6 +56,16 @@ class _Pending:
     under_load: bool
     timer: asyncio.TimerHandle | None = None
     dispatched: bool = False
+    #: Returns once the client has gone; awaited by ``watcher`` after a while in the queue.
+    disconnected: Disconnected | None = None
+    watcher: asyncio.Task[None] | None = None
+
+    def unwatch(self) -> None:
+        """Stop the timer and the watch of the client: the request leaves the queue."""
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
 
 
 @dataclass(slots=True)
@@ -97,6 +112,9 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._running = 0
         self._hold: asyncio.TimerHandle | None = None
+        #: Seconds a request waits before the watch of its client starts.
+        self.watch_after = WATCH_QUEUED_AFTER
+        self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self._run_seconds = 0.0
         #: Every run is padded with zero rows to this many (one shape for GPU kernels).
@@ -141,7 +159,8 @@ class DynamicBatcher:
         """Queue one validated request and wait for its share of a batch run.
 
         ``timeout_us`` (0: none) bounds the time in the queue, else the model's or server's
-        default applies; ``disconnected`` returning drops the request while it is queued.
+        default applies; ``disconnected`` returning drops the request while it is queued
+        (watched once it has waited ``watch_after`` seconds).
         """
         if self._closed:
             raise ModelNotReady("this model version was unloaded; retry the request")
@@ -160,15 +179,16 @@ class DynamicBatcher:
             loop.create_future(),
             time.perf_counter(),
             under_load=self._running >= self._slots or bool(self._queue),
+            disconnected=disconnected,
         )
         self._queue.append(entry)
         timeout = self._timeout_us if timeout_us is None else timeout_us
         if timeout > 0:
             entry.timer = loop.call_later(timeout / 1e6, self._expire, entry, timeout)
+        if disconnected is not None and self._sweep is None:
+            self._sweep = loop.call_later(self.watch_after, self._watch_waiting)
         self._schedule()
         try:
-            if disconnected is not None and not entry.dispatched:
-                await self._wait_unless_gone(entry, disconnected)
             return await entry.future
         except asyncio.CancelledError:
             self._drop(entry)
@@ -180,6 +200,9 @@ class DynamicBatcher:
         if self._hold is not None:
             self._hold.cancel()
             self._hold = None
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         while self._queue:
             entry = self._queue.popleft()
             self._settle_error(entry, ModelNotReady("this model version was unloaded"))
@@ -187,37 +210,55 @@ class DynamicBatcher:
 
     # ---- queue ----------------------------------------------------------------------------
 
-    async def _wait_unless_gone(self, entry: _Pending, disconnected: Disconnected) -> None:
-        watcher = asyncio.ensure_future(disconnected())
+    def _watch_waiting(self) -> None:
+        """Watch the clients of the requests that have waited ``watch_after``; come back
+        while any is yet to be watched (one timer for the queue, not one a request)."""
+        self._sweep = None
+        now = time.perf_counter()
+        later = False
+        for entry in self._queue:
+            if entry.disconnected is None or entry.watcher is not None:
+                continue
+            if now - entry.enqueued < self.watch_after:
+                later = True
+                continue
+            entry.watcher = asyncio.ensure_future(self._leave_when_gone(entry, entry.disconnected))
+        if later and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(self.watch_after, self._watch_waiting)
+
+    async def _leave_when_gone(self, entry: _Pending, disconnected: Disconnected) -> None:
         try:
-            await asyncio.wait((entry.future, watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-        if not entry.future.done() and not entry.dispatched:
-            self._drop(entry)
-            raise ClientDisconnected("the client disconnected while its request was queued")
+            await disconnected()
+        except Exception:  # a failed watch means the connection is unusable too
+            pass
+        entry.watcher = None
+        if self._remove(entry) and not entry.future.done():
+            entry.future.set_exception(
+                ClientDisconnected("the client disconnected while its request was queued")
+            )
+
+    def _remove(self, entry: _Pending) -> bool:
+        """Take a request that has not run out of the queue; False if it is not there."""
+        if entry.dispatched:
+            return False
+        try:
+            self._queue.remove(entry)
+        except ValueError:
+            return False
+        entry.unwatch()
+        self._depth_gauge.set(len(self._queue))
+        self._schedule()
+        return True
 
     def _drop(self, entry: _Pending) -> None:
         """Take a request that nobody waits for out of the queue (a no-op once it runs)."""
-        if entry.dispatched:
-            return
-        try:
-            self._queue.remove(entry)
-        except ValueError:
-            return
-        if entry.timer is not None:
-            entry.timer.cancel()
-        if not entry.future.done():
+        if self._remove(entry) and not entry.future.done():
             entry.future.cancel()
-        self._depth_gauge.set(len(self._queue))
-        self._schedule()
 
     def _expire(self, entry: _Pending, timeout_us: int) -> None:
-        if entry.dispatched or entry.future.done():
-            return
-        try:
-            self._queue.remove(entry)
-        except ValueError:
+        entry.timer = None
+        if not self._remove(entry) or entry.future.done():
             return
         waited_ms = (time.perf_counter() - entry.enqueued) * 1000
         entry.future.set_exception(
@@ -226,8 +267,6 @@ class DynamicBatcher:
                 f"past its timeout of {timeout_us / 1000:g} ms"
             )
         )
-        self._depth_gauge.set(len(self._queue))
-        self._schedule()
 
     def _retry_after(self) -> float:
         """Seconds until the queue has likely moved on: its runs at the recent pace."""
@@ -294,8 +333,7 @@ class DynamicBatcher:
         names = [name for name in self._outputs if name in wanted]
         for entry in batch:
             entry.dispatched = True
-            if entry.timer is not None:
-                entry.timer.cancel()
+            entry.unwatch()
         try:
             future = self._pool.submit(self._execute, batch, names)
         except ServingError as exc:
@@ -335,8 +373,7 @@ class DynamicBatcher:
             self._schedule()
 
     def _settle_error(self, entry: _Pending, error: BaseException) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
+        entry.unwatch()
         if not entry.future.done():
             entry.future.set_exception(error)
 

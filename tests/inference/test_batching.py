@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from app.errors import ClientDisconnected, InvalidModel, ModelNotReady, QueueFull, QueueTimeout
-from app.inference.batching import DynamicBatcher, batcher_for
+from app.inference.batching import WATCH_QUEUED_AFTER, DynamicBatcher, batcher_for
 from app.metrics import Metrics
 from app.registry.model import ModelVersion
 from tests.onnx_models import OPSET, load_on_cpu, probe
@@ -320,6 +320,34 @@ def test_disconnect_drops_a_queued_request(probe_model: ModelVersion) -> None:
 
     run(scenario())
     assert batches(metrics) == {1: 2}
+
+
+def test_only_requests_that_wait_a_while_watch_their_client(probe_model: ModelVersion) -> None:
+    """Watching a connection costs more than a short wait in the queue: requests that run
+    within ``watch_after`` seconds never start a watch."""
+    metrics = Metrics()
+    batcher = make_batcher(probe_model, metrics)
+    assert batcher.watch_after == WATCH_QUEUED_AFTER
+    batcher.watch_after = 60.0
+    watched: list[int] = []
+
+    async def never_gone() -> None:
+        watched.append(1)
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        x = np.ones((1, 4), np.float32)
+        quick = [batcher.submit(feeds(x), ["y"], 1, disconnected=never_gone) for _ in range(8)]
+        await asyncio.gather(*quick)
+        assert watched == []
+        watching = make_batcher(probe_model, metrics)
+        watching.watch_after = 0.001
+        slow = asyncio.create_task(watching.submit(feeds(x, spin=SLOW_SPIN), ["y"], 1))
+        waiting = asyncio.create_task(watching.submit(feeds(x), ["y"], 1, disconnected=never_gone))
+        await until(lambda: bool(watched))  # queued behind the slow run: watched
+        await asyncio.gather(slow, waiting)
+
+    run(scenario())
 
 
 def test_close_fails_what_is_still_queued(probe_model: ModelVersion) -> None:

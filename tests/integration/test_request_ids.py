@@ -116,6 +116,16 @@ def test_access_log_line_carries_the_id(server: RunningServer) -> None:
     assert '"POST /v2/models/mlp4/infer" 200' in line
 
 
+def test_access_log_can_be_turned_off(tmp_path: Path) -> None:
+    env = {"ONNX_SERVE_LOG_LEVEL": "info", "ONNX_SERVE_ACCESS_LOG": "false"}
+    with RunningServer(repository(tmp_path / "models"), env=env) as server:
+        r = httpx.get(server.url + "/v2/models/mlp4", headers={"X-Request-ID": "quiet-1"})
+        assert r.status_code == 200, r.text
+    log = server.log()
+    assert "shut down: closed the sessions" in log  # info lines are still written
+    assert "quiet-1" not in log and "onnx_serve.access" not in log
+
+
 def test_error_log_line_carries_the_id(server: RunningServer) -> None:
     broken = server.models / "broken" / "1"
     broken.mkdir(parents=True)

@@ -112,10 +112,28 @@ def test_idle_server_exits_0_on_sigterm_and_sigint(start_server, tmp_path: Path)
         assert exit_code(server) == 0, server.log()
 
 
-def test_workers_exit_0_on_sigterm(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    server = start_server(repository(tmp_path / "models"), args=["--workers", "2"])
+def test_workers_drain_in_flight_requests_then_exit_0(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor passes SIGTERM on; each worker drains as a single process does."""
+    server = start_server(
+        repository(tmp_path / "models"),
+        args=["--workers", "2"],
+        env={"ONNX_SERVE_LOG_LEVEL": "info"},
+    )
     r = httpx.post(server.url + "/v2/models/mlp/infer", content=infer_body())
     assert r.status_code == 200, r.text
-    assert server.process is not None
-    server.process.send_signal(signal.SIGTERM)
+    with HeldRequest(server.host_port, "/v2/models/mlp/infer", infer_body()) as held:
+        # Each scrape goes to either worker; the one holding the request counts it.
+        wait_for(
+            lambda: metric(server.url, "onnx_serve_requests_in_flight") == 1,
+            "the held request to be in flight",
+        )
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining 1 in-flight requests" in server.log(), "the drain to start")
+        assert server.process.poll() is None, "exited with a request still in flight"
+        status, headers, data = held.finish()
+        assert status == 200, data
+        assert json.loads(data)["outputs"] == r.json()["outputs"]
+        assert headers["connection"] == "close"
     assert exit_code(server) == 0, server.log()
+    assert "SIGTERM: passing it on to the workers" in server.log()
