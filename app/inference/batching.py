@@ -6,7 +6,8 @@ dispatched as soon as an instance is free; only a request that arrived while eve
 was busy may be held, until it is ``max_queue_delay_us`` old, for the batch to fill up. A
 merged run that fails is retried request by request, so a bad request fails alone.
 
-Everything here runs on the event loop except ``_execute``, which runs on the pool's threads.
+Everything here runs on the event loop; the runs themselves (app/inference/batch_runs.py) run on
+the pool's threads.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
-
 from app.errors import ClientDisconnected, ModelNotReady, QueueFull, QueueTimeout, ServingError
+from app.inference.batch_runs import MergedRuns, Outcome
 from app.inference.failures import runtime_error
 from app.metrics import Metrics
 from app.registry.config import DynamicBatchingConfig
@@ -68,14 +68,6 @@ class _Pending:
             self.watcher.cancel()
 
 
-@dataclass(slots=True)
-class _Outcome:
-    outputs: Feeds | None
-    error: BaseException | None
-    started: float
-    computed: float
-
-
 class DynamicBatcher:
     """The queue of one model version in front of its session pool."""
 
@@ -118,7 +110,7 @@ class DynamicBatcher:
         self._closed = False
         self._run_seconds = 0.0
         #: Every run is padded with zero rows to this many (one shape for GPU kernels).
-        self._pad_rows = pad_rows
+        self._merged_runs = MergedRuns(pool, self._inputs, pad_rows, self._labels)
         #: The model ran on its warm-up inputs at load (see ``runtime_error``).
         self.warmed = warmed
 
@@ -335,7 +327,7 @@ class DynamicBatcher:
             entry.dispatched = True
             entry.unwatch()
         try:
-            future = self._pool.submit(self._execute, batch, names)
+            future = self._pool.submit(self._merged_runs.execute, batch, names)
         except ServingError as exc:
             for entry in batch:
                 self._settle_error(entry, exc)
@@ -346,7 +338,7 @@ class DynamicBatcher:
     def _finished(
         self,
         batch: list[_Pending],
-        future: asyncio.Future[tuple[list[_Outcome], list[tuple[int, float]]]],
+        future: asyncio.Future[tuple[list[Outcome], list[tuple[int, float]]]],
     ) -> None:
         self._running -= 1
         error = future.exception()
@@ -376,75 +368,6 @@ class DynamicBatcher:
         entry.unwatch()
         if not entry.future.done():
             entry.future.set_exception(error)
-
-    # ---- on the pool's thread -------------------------------------------------------------
-
-    def _execute(
-        self, batch: list[_Pending], names: list[str]
-    ) -> tuple[list[_Outcome], list[tuple[int, float]]]:
-        """Run a batch (merged if it has several requests); returns outcomes and runs."""
-        runs: list[tuple[int, float]] = []
-        if len(batch) > 1 or self._pad_rows is not None:
-            started = time.perf_counter()
-            try:
-                merged = self._run_merged(batch, names, runs)
-            except Exception as exc:  # onnxruntime raises several unrelated types
-                log.warning(
-                    "model %s v%s: a batch of %d requests failed (%s); running them one by one",
-                    *self._labels, len(batch), str(exc).splitlines()[0] if str(exc) else exc,
-                )  # fmt: skip
-            else:
-                return [_Outcome(out, None, started, runs[0][1]) for out in merged], runs
-        outcomes: list[_Outcome] = []
-        for entry in batch:
-            started = time.perf_counter()
-            try:
-                results, seconds = self._pool.run_blocking(entry.feeds, entry.outputs)
-            except Exception as exc:
-                outcomes.append(_Outcome(None, exc, started, 0.0))
-                continue
-            runs.append((entry.rows, seconds))
-            outcomes.append(
-                _Outcome(dict(zip(entry.outputs, results, strict=True)), None, started, seconds)
-            )
-        return outcomes, runs
-
-    def _run_merged(
-        self, batch: list[_Pending], names: list[str], runs: list[tuple[int, float]]
-    ) -> list[Feeds]:
-        rows = sum(e.rows for e in batch)
-        padding = max(0, (self._pad_rows or 0) - rows)
-        feeds = {
-            n: np.concatenate(
-                [e.feeds[n] for e in batch]
-                + ([_zero_rows(batch[0].feeds[n], padding)] if padding else [])
-            )
-            for n in self._inputs
-        }
-        results, seconds = self._pool.run_blocking(feeds, names)
-        for name, array in zip(names, results, strict=True):
-            if array.ndim == 0 or array.shape[0] != rows + padding:
-                raise ValueError(
-                    f"output '{name}' has {array.shape[0] if array.ndim else 0} rows for a "
-                    f"batch of {rows + padding}; the model does not keep rows apart"
-                )
-        runs.append((rows, seconds))
-        split: list[Feeds] = []
-        offset = 0
-        by_name = dict(zip(names, results, strict=True))
-        for entry in batch:
-            end = offset + entry.rows
-            split.append({n: by_name[n][offset:end] for n in entry.outputs})
-            offset = end
-        return split
-
-
-def _zero_rows(like: np.ndarray, count: int) -> np.ndarray:
-    """``count`` rows of zeros (empty strings for text) shaped like the rows of ``like``."""
-    shape = (count, *like.shape[1:])
-    if like.dtype.kind == "O":
-        return np.full(shape, "", dtype=np.object_)
-    return np.zeros(shape, dtype=like.dtype)
 
 
 def _cut_to_preferred(picked: list[_Pending], preferred: list[int]) -> tuple[list[_Pending], int]:

@@ -7,7 +7,8 @@ from typing import Any
 from app.errors import ServingError
 from app.optimize.report import REPORT_FILE, read_report, summary
 from app.registry.model import ModelVersion
-from app.registry.registry import ON_DEMAND, ModelRegistry, ModelState
+from app.registry.registry import ModelRegistry
+from app.registry.status import ON_DEMAND, ModelState
 
 NOT_SELECTED = "on disk, not selected by the model's version policy"
 

@@ -14,9 +14,8 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from app.errors import (
     BadRequest,
@@ -28,10 +27,11 @@ from app.errors import (
 )
 from app.optimize.uploads import optimize_staged
 from app.registry.atomic_files import Undo, fsync_dir, keep_copy, link_new, write_durably
-from app.registry.config import ModelConfig, OptimizeConfig
+from app.registry.config import ModelConfig
 from app.registry.hooks import LoadReason
+from app.registry.install_plan import InstalledVersion, InstallPlan, Stage, VersionFile
 from app.registry.model import ModelVersion
-from app.registry.registry import ModelRegistry, ModelState
+from app.registry.registry import ModelRegistry
 from app.registry.repository import (
     CONFIG_FILE,
     LABELS_FILE,
@@ -41,6 +41,7 @@ from app.registry.repository import (
     parse_version,
     validate_name,
 )
+from app.registry.status import ModelState
 from app.registry.time_limits import Deadline, run_step
 from app.registry.validation import ModelSignature, validate_model_file
 from app.settings import Settings
@@ -48,75 +49,6 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_VERSION = 10**18 - 1  # the most digits a version may have (see VERSION_PATTERN)
-
-
-class Stage:
-    """One staging folder: what an install writes before it is moved into the repository."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._files = 0
-
-    def new_model_path(self) -> Path:
-        """A path for one uploaded model file, in a folder of its own."""
-        self._files += 1
-        folder = self.directory / f"file-{self._files}"
-        folder.mkdir()
-        return folder / MODEL_FILE
-
-    def path(self, name: str) -> Path:
-        return self.directory / name
-
-
-@dataclass(frozen=True, slots=True)
-class VersionFile:
-    """A staged model file and the version it becomes (None: the next free number)."""
-
-    path: Path
-    version: int | None = None
-    #: Files placed beside the model: (path inside the version folder, staged file).
-    extras: tuple[tuple[str, Path], ...] = ()
-    #: The report of an optimised version, for the install's answer.
-    optimization: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InstallPlan:
-    """What one install writes: model files, and optionally the model's config and labels."""
-
-    name: str
-    files: list[VersionFile] = field(default_factory=list)
-    config: bytes | None = None
-    labels: str | None = None
-    overwrite: bool = False
-    #: Also install an optimised copy of the (single) file as the next version.
-    optimize: OptimizeConfig | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InstalledVersion:
-    """A version an install put on disk and how the registry took it."""
-
-    name: str
-    version: int
-    state: str
-    reason: str
-    replaced: bool
-    signature: ModelSignature
-    optimization: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {
-            "name": self.name,
-            "version": str(self.version),
-            "state": self.state,
-            "reason": self.reason,
-            "replaced": self.replaced,
-            **self.signature.as_dict(),
-        }
-        if self.optimization is not None:
-            out["optimization"] = self.optimization
-        return out
 
 
 def next_free_version(model_dir: Path) -> int:

@@ -13,7 +13,8 @@ from typing import Any
 
 from app.errors import BadRequest, ModelNotFound, PayloadTooLarge
 from app.registry.atomic_files import write_durably
-from app.registry.installer import InstalledVersion, InstallPlan, ModelInstaller, VersionFile
+from app.registry.install_plan import InstalledVersion, InstallPlan, VersionFile
+from app.registry.installer import ModelInstaller
 from app.registry.repository import validate_name
 from app.registry.triton_config import config_from_load
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from functools import partial
 from typing import NoReturn
 
@@ -24,41 +22,11 @@ from app.registry.hooks import LoadReason, NoHooks, RegistryHooks
 from app.registry.model import ModelVersion, Runner
 from app.registry.providers import cpu_quota
 from app.registry.repository import ModelRepository, parse_version, validate_name
+from app.registry.status import ON_DEMAND, ModelState, VersionStatus
 from app.registry.time_limits import load_in_time
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class ModelState(StrEnum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    UNLOADED = "UNLOADED"
-    #: Not loaded, and loads on its next request (on demand, or evicted).
-    AVAILABLE = "AVAILABLE"
-
-
-#: The reason an AVAILABLE version gives in the repository index.
-ON_DEMAND = "loads on its first request"
-
-
-@dataclass(frozen=True, slots=True)
-class VersionStatus:
-    """What the repository index reports for one model version."""
-
-    name: str
-    version: str
-    state: ModelState
-    reason: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "state": self.state.value,
-            "reason": self.reason,
-        }
 
 
 class ModelRegistry:

@@ -17,7 +17,8 @@ import pytest
 
 from app.errors import Conflict, InsufficientStorage, InvalidModel, ModelNotFound, ServingError
 from app.metrics import Metrics
-from app.registry.installer import InstallPlan, ModelInstaller, VersionFile, next_free_version
+from app.registry.install_plan import InstallPlan, VersionFile
+from app.registry.installer import ModelInstaller, next_free_version
 from app.registry.registry import ModelRegistry
 from app.registry.repository import ModelRepository
 from app.settings import Settings

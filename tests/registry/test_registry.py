@@ -9,8 +9,9 @@ import pytest
 
 from app.errors import ModelNotFound, ModelNotReady, ServingError
 from app.metrics import Metrics
-from app.registry.registry import ModelRegistry, ModelState
+from app.registry.registry import ModelRegistry
 from app.registry.repository import ModelRepository
+from app.registry.status import ModelState
 from app.settings import Settings
 from tests.onnx_models import add_mul, identity, mlp, write_model
 

@@ -11,9 +11,10 @@ from app.errors import LoadTimeout, MemoryBudgetExceeded, ModelNotLoaded, ModelN
 from app.metrics import Metrics
 from app.registry.config import ModelConfig
 from app.registry.hooks import LoadReason
-from app.registry.registry import ModelRegistry, ModelState
+from app.registry.registry import ModelRegistry
 from app.registry.repository import ModelRepository
 from app.registry.residency import Residency
+from app.registry.status import ModelState
 from app.settings import Settings
 from tests.onnx_models import looping, mlp, write_model
 

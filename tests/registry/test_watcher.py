@@ -8,9 +8,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from app.metrics import Metrics
-from app.registry.installer import InstallPlan, ModelInstaller, VersionFile
-from app.registry.registry import ModelRegistry, ModelState
+from app.registry.install_plan import InstallPlan, VersionFile
+from app.registry.installer import ModelInstaller
+from app.registry.registry import ModelRegistry
 from app.registry.repository import ModelRepository
+from app.registry.status import ModelState
 from app.registry.watcher import RepositoryWatcher
 from app.settings import Settings
 from tests.onnx_models import identity, mlp, write_model

@@ -13,7 +13,8 @@ from app.api.responses import json_response
 from app.errors import BadRequest
 from app.optimize.uploads import parse_optimize_field
 from app.protocol.schemas import ErrorBody
-from app.registry.installer import InstallPlan, ModelInstaller, VersionFile
+from app.registry.install_plan import InstallPlan, VersionFile
+from app.registry.installer import ModelInstaller
 from app.registry.repository import parse_version, validate_name
 
 router = APIRouter(tags=["models"], dependencies=[Management])
