@@ -103,8 +103,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         if share is not None:
             # One of several workers: it starts listening once its models have loaded, so
-            # no connection reaches a worker that would answer "loading" while others serve.
-            await asyncio.wait([startup])
+            # no connection reaches a worker that would answer "loading" while others serve
+            # (or at once when a signal stops it meanwhile, to shut down).
+            await _until_loaded_or_stopped(startup, state)
         if grpc_server is not None and not state.shutting_down:
             # A port in use fails the startup here, as the HTTP port's does.
             await grpc_server.start()
@@ -142,6 +143,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
         if access_log is not None:
             access_log.close()
+
+
+async def _until_loaded_or_stopped(startup: asyncio.Task[None], state: ServerState) -> None:
+    loop = asyncio.get_running_loop()
+    stopped = loop.create_future()
+
+    def stop() -> None:
+        if not stopped.done():
+            stopped.set_result(None)
+
+    def on_shutdown() -> None:
+        # Called in a signal handler: only hand the work to the loop there.
+        loop.call_soon_threadsafe(stop)
+
+    state.on_shutdown.append(on_shutdown)
+    try:
+        await asyncio.wait([startup, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        state.on_shutdown.remove(on_shutdown)
+        stopped.cancel()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

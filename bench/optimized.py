@@ -108,7 +108,8 @@ def answers(process: Process, model: str, name: str, x: np.ndarray, output: str)
         response = httpx.post(
             process.url + request.path, content=request.body, headers=request.headers, timeout=60
         )
-        response.raise_for_status()
+        if response.is_error:
+            raise RuntimeError(f"{model}: {response.status_code} {response.text}")
         parts.append(payloads.outputs_of(response)[output])
     return np.concatenate(parts)
 

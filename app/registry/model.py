@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +21,7 @@ from app.protocol.datatypes import ORT_TO_V2, V2_TO_NUMPY
 from app.registry import providers as prov
 from app.registry.config import ModelConfig, SessionConfig
 from app.registry.inline_runs import provably_cheap
-from app.registry.row_check import batches_rows, mixed_output
+from app.registry.row_check import batches_rows, dynamic_quantization, mixed_output
 from app.registry.session_pool import SessionPool
 from app.registry.time_limits import Deadline, no_deadline
 from app.registry.warmup import sample_feeds, warm_up
@@ -351,7 +352,9 @@ def load_version(
     if warmed and batches_rows(config, max_batch):
         # app/registry/row_check.py: batching must not hand one client another's values.
         specs = [(i.name, i.datatype, i.dtype, i.shape) for i in inputs]
-        mixed = mixed_output(sessions[0], specs, [o.name for o in outputs], run)
+        mixed = mixed_output(
+            sessions[0], specs, [o.name for o in outputs], run, partial(dynamic_quantization, path)
+        )
         if mixed is not None:
             pool.retire(0)
             raise InvalidModel(

@@ -10,16 +10,25 @@ output that differs is refused with its name.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from app.registry.config import ModelConfig
 from app.registry.time_limits import StepTimedOut
 
+log = logging.getLogger(__name__)
+
 Run = Callable[[ort.InferenceSession, dict[str, np.ndarray]], list[np.ndarray]]
 ROWS = 3
+#: Dynamic quantization (``DynamicQuantizeLinear``) scales the activations by the range of the
+#: whole run: a row's answer moves with its batch-mates within the quantization's error. Up to
+#: this relative difference (L2 norm of a row's change over its norm) that is not mixing.
+QUANTIZED_TOLERANCE = 0.05
 
 
 def _rows(datatype: str, dtype: np.dtype[np.generic], shape: tuple[int, ...]) -> np.ndarray:
@@ -39,12 +48,15 @@ def mixed_output(
     inputs: list[tuple[str, str, np.dtype[np.generic], tuple[int, ...]]],
     output_names: list[str],
     run: Run,
+    quantizes_activations: Callable[[], bool] = lambda: False,
 ) -> str | None:
     """The name of an output whose rows depend on other rows of the batch, if any.
 
     ``inputs``: (name, v2 datatype, dtype, shape with -1 for dynamic dimensions). A model
     that fails on these rows, or gives different answers to the same run twice, cannot be
-    judged and passes.
+    judged and passes. ``quantizes_activations`` says whether the graph quantizes its
+    activations dynamically (asked only when rows differ): then differences up to
+    ``QUANTIZED_TOLERANCE`` pass.
     """
     feeds = {
         name: _rows(datatype, dtype, (ROWS, *(1 if d == -1 else d for d in shape[1:])))
@@ -66,9 +78,36 @@ def mixed_output(
         if batch.ndim == 0 or batch.shape[0] != ROWS:
             continue  # not one row a row: the batcher runs such requests one at a time
         for i in range(ROWS):
-            if not _same(batch[i : i + 1], alone[i][j]):
-                return name
+            row, single = batch[i : i + 1], alone[i][j]
+            if _same(row, single):
+                continue
+            if _close(row, single, QUANTIZED_TOLERANCE) and quantizes_activations():
+                log.info(
+                    "output '%s' moves with the other rows of a batch within %.0f%% (dynamic "
+                    "quantization scales activations by the batch's range): batching allowed",
+                    name, QUANTIZED_TOLERANCE * 100,
+                )  # fmt: skip
+                continue
+            return name
     return None
+
+
+def dynamic_quantization(path: Path) -> bool:
+    """Whether the model file quantizes activations at run time (``DynamicQuantizeLinear``)."""
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # an unreadable file was refused before it got here
+        return False
+    return any(node.op_type == "DynamicQuantizeLinear" for node in graph.node)
+
+
+def _close(a: np.ndarray, b: np.ndarray, tolerance: float) -> bool:
+    if a.shape != b.shape or a.dtype.kind not in ("f", "c"):
+        return False
+    scale = float(np.linalg.norm(b))
+    return bool(np.isfinite(scale)) and float(np.linalg.norm(a - b)) <= tolerance * max(
+        scale, 1e-12
+    )
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:

@@ -20,7 +20,7 @@ from app.errors import ClientDisconnected, InvalidModel, ModelNotReady, QueueFul
 from app.inference.batching import WATCH_QUEUED_AFTER, DynamicBatcher, batcher_for
 from app.metrics import Metrics
 from app.registry.model import ModelVersion
-from tests.onnx_models import OPSET, load_on_cpu, probe
+from tests.onnx_models import OPSET, load_on_cpu, mlp, probe, write_model
 
 # Loop iterations of the probe model that keep a run busy for a good while (~0.1-0.5 s).
 SLOW_SPIN = 60_000
@@ -441,3 +441,26 @@ def test_batching_is_refused_for_outputs_that_mix_rows(tmp_path: Path) -> None:
     # Rows that stay apart load (and so does the same model without batching).
     assert load_on_cpu(tmp_path / "b", probe(), dynamic_batching={}).runner is None
     assert load_on_cpu(tmp_path / "c", rows_seen()).max_batch_size > 0
+
+
+def test_dynamic_int8_batches_though_its_rows_move_within_the_quantization(
+    tmp_path: Path,
+) -> None:
+    """Dynamic quantization scales activations by the whole run's range, so a row's answer
+    moves a little with its batch-mates: tolerated (a graph that mixes rows is not)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    original = write_model(tmp_path / "fp32", "m", mlp(inputs=64, hidden=256, outputs=16))
+    quantized = tmp_path / "int8.onnx"
+    quantize_dynamic(original, quantized, weight_type=QuantType.QInt8)
+    model = onnx.load(quantized)
+    assert any(node.op_type == "DynamicQuantizeLinear" for node in model.graph.node)
+    version = load_on_cpu(tmp_path / "int8", model, dynamic_batching={})
+    assert version.config.dynamic_batching is not None  # loaded, with batching
+    # The rows do move with the batch (else the test would prove nothing), within 5%.
+    x = np.random.default_rng(3).uniform(-4.0, 4.0, (3, 64)).astype(np.float32)
+    x[0] *= 10  # the first row sets the batch's range
+    together = version.pool.sessions[0].run(None, {"x": x})[0]
+    alone = version.pool.sessions[0].run(None, {"x": x[1:2]})[0]
+    assert not np.allclose(together[1:2], alone, rtol=1e-3, atol=1e-5)
+    assert np.linalg.norm(together[1:2] - alone) <= 0.05 * np.linalg.norm(alone)

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.hostile_models import endless
 from tests.http_probes import wait_for
 from tests.onnx_models import mlp, write_model
 from tests.server import RunningServer, free_port
@@ -167,3 +168,36 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert "the supervisor" in full_log(server) and "is gone: draining" in full_log(server)
+
+
+def test_a_worker_listens_once_its_models_have_loaded(tmp_path: Path) -> None:
+    """A worker whose models still load takes no connections (the kernel would hand it
+    clients it could only answer "loading" while the others serve); SIGTERM still stops it."""
+    models = tmp_path / "models"
+    write_model(models, "mlp", mlp())
+    write_model(models, "endless", endless())
+    port, grpc_port = free_port(), free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, **INFO, "ONNX_SERVE_MODEL_WARMUP_TIMEOUT_SECONDS": "3600"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--models", str(models),
+             "--port", str(port), "--grpc-port", str(grpc_port), "--workers", "2"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        # Both workers have loaded the good model; the endless one keeps them loading.
+        wait_for(
+            lambda: log.read_text(errors="replace").count("model mlp v1 ready") == 2,
+            "both workers to load mlp",
+            timeout=60,
+        )
+        for target in (port, grpc_port):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", target), timeout=5).close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log.read_text(errors="replace")[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
