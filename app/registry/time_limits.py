@@ -2,8 +2,8 @@
 
 A model's warm-up can be made to never end (a Loop whose trip count is a constant of the
 graph, say), and building its sessions cannot be interrupted at all. So every such step runs
-on a thread of its own (a daemon thread, never one of the event loop's executor, which
-requests need), within a time limit:
+on a thread of its own (``app/registry/step_threads.py``; never one of the event loop's
+executor, which requests need), within a time limit:
 
 - a session run (warm-up, test run) gets a ``Deadline``: onnxruntime is told to terminate
   it (``RunOptions.terminate``, checked between nodes and loop iterations) when the time is
@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.errors import InvalidModel, ServingError, hide_paths
+from app.registry.step_threads import StepThreads, Watchdog
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,8 +37,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Threads running model-level steps are named with this prefix (see ``steps_running``).
-STEP_THREAD_PREFIX = "onnx-serve-model-step"
+#: The threads model-level steps run on (named ``onnx-serve-model-step: <what>``).
+STEPS = StepThreads("onnx-serve-model-step")
+#: Terminates the session runs of steps at their deadlines.
+WATCHDOG = Watchdog()
 
 
 class StepTimedOut(InvalidModel):
@@ -88,9 +91,7 @@ class Deadline:
             if self._expired or self.remaining() == 0:
                 raise self.error()
             self._runs.add(options)
-        timer = threading.Timer(self.remaining(), self._terminate, (options,))
-        timer.daemon = True
-        timer.start()
+        watched = WATCHDOG.watch(time.monotonic() + self.remaining(), options)
         try:
             yield options
         except Exception:
@@ -98,7 +99,7 @@ class Deadline:
                 raise self.error() from None
             raise
         finally:
-            timer.cancel()
+            WATCHDOG.cancel(watched)
             with self._lock:
                 self._runs.discard(options)
 
@@ -107,9 +108,6 @@ class Deadline:
         with self.options() as options:
             result: list[np.ndarray] = session.run(None, feeds, options)
         return result
-
-    def _terminate(self, options: ort.RunOptions) -> None:
-        options.terminate = True
 
 
 def no_deadline(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -155,8 +153,7 @@ async def run_step(
             return
         loop.call_soon_threadsafe(settle, future.set_result, result)
 
-    thread = threading.Thread(target=work, name=f"{STEP_THREAD_PREFIX}: {what}", daemon=True)
-    thread.start()
+    STEPS.start(what, work)
     try:
         return await asyncio.wait_for(asyncio.shield(future), seconds)
     except TimeoutError:
@@ -205,6 +202,4 @@ async def load_in_time(
 
 def steps_running() -> int:
     """Model-level steps still running on their threads (abandoned ones included)."""
-    return sum(
-        1 for t in threading.enumerate() if t.name.startswith(STEP_THREAD_PREFIX) and t.is_alive()
-    )
+    return STEPS.running()
