@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -134,3 +136,28 @@ class RunningServer(ServerProcess):
 
     def __enter__(self) -> RunningServer:
         return self.start()
+
+
+def serve_until_exit(
+    models: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``onnx-serve serve --models models *args`` run to its end: a server that cannot start
+    exits by itself (its status and output say why)."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--models", str(models), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A loopback port another process listens on meanwhile."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port: int = taken.getsockname()[1]
+        yield port

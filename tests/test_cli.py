@@ -13,6 +13,7 @@ from app import __version__
 from app.cli import build_parser
 from app.serve_flags import setting_variables
 from app.settings import Settings
+from tests.server import serve_until_exit
 
 
 def serve_help() -> str:
@@ -65,20 +66,8 @@ def test_version() -> None:
 
 def test_a_repository_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     missing = tmp_path / "modles"
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--models", str(missing), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = serve_until_exit(missing, "--port", "0")
     assert done.returncode == 2
     assert f"the model repository {missing} is not a directory" in done.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--models", str(tmp_path), "--port", "70000"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    bad = serve_until_exit(tmp_path, "--port", "70000")
     assert bad.returncode == 2 and "port" in bad.stderr

@@ -311,10 +311,7 @@ class DataPlane:
         The request's own ``timeout`` (microseconds) replaces the front end's in ``context``
         once the model is loaded.
         """
-        try:
-            model = self.registry.get(name, version)
-        except ModelNotLoaded:
-            model = await self._cold_start(name, version, context)
+        model = await self.loaded_model(name, version, context)
         with ServedRequest(self, model, context) as observation:
             started = perf_counter()
             request = decode(model)
@@ -344,10 +341,7 @@ class DataPlane:
     ) -> Answer:
         """Decode and preprocess images off the event loop, run them as one batch, label, and
         encode the labelled answer."""
-        try:
-            model = self.registry.get(name, version)
-        except ModelNotLoaded:
-            model = await self._cold_start(name, version, context)
+        model = await self.loaded_model(name, version, context)
         with ServedRequest(self, model, context) as observation:
             started = perf_counter()
             call = image_call(model, len(images), options)

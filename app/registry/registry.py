@@ -197,35 +197,30 @@ class ModelRegistry:
             for v in eager:
                 try:
                     model = await self._load_version(name, v, config, labels, reason)
-                except MemoryBudgetExceeded as exc:
-                    # No room now; a request may find some later.
-                    log.error("model %s v%d not loaded: %s", name, v, exc.message)
-                    errors.append(f"v{v}: {exc.message}")
-                    failures.append(exc)
-                    statuses[str(v)] = VersionStatus(name, str(v), ModelState.AVAILABLE, ON_DEMAND)
-                    if v in old:
-                        new[v] = old[v]
-                        statuses[str(v)] = VersionStatus(
-                            name, str(v), ModelState.READY,
-                            f"reload failed, the previous load keeps serving: {exc.message}",
-                        )  # fmt: skip
-                    else:
-                        standby.add(v)
-                    continue
                 except ServingError as exc:
-                    log.error("model %s v%d failed to load: %s", name, v, exc.message)
+                    # No room in the memory budget now: a request may find some later.
+                    no_room = isinstance(exc, MemoryBudgetExceeded)
+                    what = "not loaded" if no_room else "failed to load"
+                    log.error("model %s v%d %s: %s", name, v, what, exc.message)
                     errors.append(f"v{v}: {exc.message}")
                     failures.append(exc)
-                    failed.add(str(v))
-                    statuses[str(v)] = VersionStatus(
-                        name, str(v), ModelState.UNAVAILABLE, exc.message
-                    )
+                    if not no_room:
+                        failed.add(str(v))
                     if v in old:
                         new[v] = old[v]
                         statuses[str(v)] = VersionStatus(
                             name, str(v), ModelState.READY,
                             f"reload failed, the previous load keeps serving: {exc.message}",
                         )  # fmt: skip
+                    elif no_room:
+                        standby.add(v)
+                        statuses[str(v)] = VersionStatus(
+                            name, str(v), ModelState.AVAILABLE, ON_DEMAND
+                        )
+                    else:
+                        statuses[str(v)] = VersionStatus(
+                            name, str(v), ModelState.UNAVAILABLE, exc.message
+                        )
                     continue
                 new[v] = model
                 statuses[str(v)] = VersionStatus(name, str(v), ModelState.READY)

@@ -7,9 +7,7 @@ from __future__ import annotations
 import queue
 import re
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from tests.conftest import StartServer
 from tests.grpc.probes import BusyCall, expected_y, infer_input, probe_inputs, status
 from tests.http_probes import metric, wait_for
 from tests.onnx_models import add_mul, probe, write_model
-from tests.server import RunningServer, free_port
+from tests.server import RunningServer, free_port, serve_until_exit, taken_port
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 INFO = {"ONNX_SERVE_LOG_LEVEL": "info"}
@@ -170,14 +168,9 @@ def test_workers_share_the_grpc_port_and_their_metrics(
 def test_a_grpc_port_in_use_stops_the_server(tmp_path: Path) -> None:
     """As with the HTTP port: exit status 3 at once, saying which address is taken."""
     write_model(tmp_path / "models", "add_mul", add_mul())
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "app.cli", "serve", "--models", str(tmp_path / "models"),
-             "--port", str(free_port()), "--grpc-port", str(port)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+    with taken_port() as port:
+        done = serve_until_exit(
+            tmp_path / "models", "--port", str(free_port()), "--grpc-port", str(port)
+        )
     assert done.returncode == 3, done.stderr[-3000:]
     assert f"gRPC cannot listen on 127.0.0.1:{port}" in done.stderr

@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +26,7 @@ from tests.hostile_models import cumsum_rows, loop_in_function, reshape_by_input
 from tests.http_probes import metric, wait_for
 from tests.integration.uploads import AUTH, KEY, upload
 from tests.onnx_models import OPSET, mlp, write_model
-from tests.server import RunningServer
+from tests.server import RunningServer, serve_until_exit
 
 SEVEN = (ROOT / "docs" / "seven.png").read_bytes()
 HUGE = "9" * 5000  # past Python's 4,300-digit limit for int()
@@ -246,13 +244,7 @@ def test_a_refused_upload_names_no_staging_path(server: RunningServer) -> None:
 
 def test_keys_are_trimmed_and_a_blank_key_is_refused_at_start(tmp_path: Path) -> None:
     write_model(tmp_path, "mlp", mlp())
-    blank = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--models", str(tmp_path), "--port", "0"],
-        env={**os.environ, "ONNX_SERVE_MANAGEMENT_API_KEY": "   "},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    blank = serve_until_exit(tmp_path, "--port", "0", env={"ONNX_SERVE_MANAGEMENT_API_KEY": "   "})
     assert blank.returncode != 0
     assert "management_api_key must not be empty or only whitespace" in blank.stderr
     # A key read from a file keeps its newline: trimmed, like the keys clients send.

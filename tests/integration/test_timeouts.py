@@ -14,13 +14,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from tests.http_probes import metric, wait_for
-from tests.onnx_models import OPSET, write_model
+from tests.onnx_models import looping, write_model
 from tests.server import RunningServer
 
 DEFAULT_TIMEOUT_US = 2000
@@ -28,46 +25,11 @@ DEFAULT_TIMEOUT_US = 2000
 FOREVER = 100_000_000
 
 
-def slow_loop() -> onnx.ModelProto:
-    """``y = x`` passed ``n`` times through tanh(x @ 0.5 I): run time grows with input ``n``."""
-    half = numpy_helper.from_array(np.eye(64, dtype=np.float32) * 0.5, "w")
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Constant", [], ["w"], value=half),
-            helper.make_node("MatMul", ["x_in", "w"], ["m"]),
-            helper.make_node("Tanh", ["m"], ["x_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [64, 64]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, [64, 64]),
-        ],
-    )
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["n", "", "x"], ["y"], body=body)],
-        "slow_loop",
-        [
-            helper.make_tensor_value_info("n", TensorProto.INT64, []),
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    return model
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("models")
     # One session: a second request waits for the first to finish.
-    write_model(root, "slow", slow_loop(), config={"instances": {"count": 1}})
+    write_model(root, "slow", looping(), config={"instances": {"count": 1}})
     env = {"ONNX_SERVE_DEFAULT_TIMEOUT_US": str(DEFAULT_TIMEOUT_US)}
     with RunningServer(root, env=env) as running:
         yield running

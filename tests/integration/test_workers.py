@@ -22,7 +22,7 @@ import pytest
 from tests.hostile_models import endless
 from tests.http_probes import wait_for
 from tests.onnx_models import mlp, write_model
-from tests.server import RunningServer, free_port
+from tests.server import RunningServer, free_port, serve_until_exit, taken_port
 
 INFO = {"ONNX_SERVE_LOG_LEVEL": "info"}
 BODY = json.dumps(
@@ -124,15 +124,10 @@ def test_a_worker_that_dies_is_replaced(server: RunningServer) -> None:
 
 def test_a_port_in_use_fails_at_once(tmp_path: Path) -> None:
     write_model(tmp_path / "models", "mlp", mlp())
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "app.cli", "serve", "--models", str(tmp_path / "models"),
-             "--port", str(port), "--grpc-port", "0", "--workers", "2"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+    with taken_port() as port:
+        done = serve_until_exit(
+            tmp_path / "models", "--port", str(port), "--grpc-port", "0", "--workers", "2"
+        )
     assert done.returncode == 3, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}: it is in use" in done.stderr
 
@@ -140,14 +135,10 @@ def test_a_port_in_use_fails_at_once(tmp_path: Path) -> None:
 def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
     """The gRPC port is taken: every worker's startup would fail the same way."""
     write_model(tmp_path / "models", "mlp", mlp())
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        done = subprocess.run(
-            [sys.executable, "-m", "app.cli", "serve", "--models", str(tmp_path / "models"),
-             "--port", str(free_port()), "--grpc-port", str(taken.getsockname()[1]),
-             "--workers", "2"],
-            capture_output=True, text=True, timeout=120, check=False,
+    with taken_port() as port:
+        done = serve_until_exit(
+            tmp_path / "models", "--port", str(free_port()), "--grpc-port", str(port),
+            "--workers", "2", timeout=120,
         )  # fmt: skip
     assert done.returncode == 3, done.stderr[-3000:]
     assert "could not start; stopping the other workers" in done.stderr
