@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -28,54 +28,15 @@ from bench.load import Request
 from bench.processes import Process, onnx_serve
 from bench.report import Row
 
+if TYPE_CHECKING:
+    from bench.__main__ import Bench
+
 Reference = Callable[[float], Row]
 #: Connections of the workers rows: a client with a few keep-alive connections.
 FEW_CONNECTIONS = 4
 # Long enough for the access log's writer (every 0.1 s) to have written a window's lines.
 LOG_SETTLE_SECONDS = 0.4
 ACCESS_LINE = re.compile(rb"onnx_serve\.access \[([0-9a-f]{16})[0-9a-f]{16}\] \S+ \"POST ")
-
-
-class Bench(Protocol):
-    """What these rows use of ``bench.__main__.Bench``."""
-
-    seconds: float
-    pairs: int
-
-    def record(self, row: Row) -> Row: ...
-
-    def raw(
-        self, name: str, session: ort.InferenceSession, feeds: dict[str, np.ndarray], seconds: float
-    ) -> Row: ...
-
-    def load(
-        self,
-        name: str,
-        process: Process,
-        request: Request,
-        concurrency: int,
-        seconds: float,
-        *,
-        kind: str = "server",
-        workers: int = 1,
-    ) -> Row: ...
-
-    def paired(
-        self,
-        name: str,
-        process: Process,
-        request: Request,
-        concurrency: int,
-        reference: Reference,
-        label: str,
-        *,
-        workers: int = 1,
-        pairs: int | None = None,
-    ) -> Row: ...
-
-    def alternate(
-        self, measure: Reference, reference: Reference, label: str, pairs: int | None = None
-    ) -> Row: ...
 
 
 def log_section(bench: Bench, repo: Path, logs: Path) -> None:
